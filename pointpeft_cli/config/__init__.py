@@ -1,0 +1,1 @@
+"""Run configuration: dataclass schema, presets and overrides."""

@@ -1,0 +1,1 @@
+"""Training, evaluation, memory bank and runtime helpers."""

@@ -1,0 +1,1 @@
+"""Backbones, point ops and the model registry."""

@@ -1,0 +1,1 @@
+"""Point-PEFT modules: prompt, geometry-aware adapter, injection and trainability."""

@@ -1,0 +1,34 @@
+"""Process settings read from the environment at call time (never at import)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def cache_root(override: str | os.PathLike[str] | None = None) -> Path:
+    """Cache root: `override` (``--cache-dir``) > ``POINTPEFT_HOME`` > the platform cache dir."""
+    if override:
+        return Path(override).expanduser()
+    env = os.environ.get("POINTPEFT_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_path("pointpeft", appauthor=False))
+
+
+def is_offline(flag: bool = False) -> bool:
+    """True when ``--offline`` was given or ``POINTPEFT_OFFLINE`` is set to a true value."""
+    return flag or _env_flag("POINTPEFT_OFFLINE")
+
+
+def debug() -> bool:
+    """True when ``POINTPEFT_DEBUG`` asks for tracebacks."""
+    return _env_flag("POINTPEFT_DEBUG")

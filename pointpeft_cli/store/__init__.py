@@ -1,0 +1,1 @@
+"""Asset registry, on-disk cache and downloads."""
