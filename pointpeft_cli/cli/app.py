@@ -125,6 +125,7 @@ def root(
 
 
 # --- command registration (one line per command module; engines must exist: no stubs) ---
+# (end of command registration)
 
 
 def main() -> None:
