@@ -46,9 +46,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class MemoryBankConfig:
-    """How the Point-prior memory bank is built and used (method.md decision 4)."""
+    """How the Point-prior memory bank is built (method.md decision 4); its use is `peft.*`."""
 
-    exclude_self: bool = False
     batch_size: int = 64
 
 
