@@ -125,6 +125,11 @@ def root(
 
 
 # --- command registration (one line per command module; engines must exist: no stubs) ---
+from pointpeft_cli.cli import download as _download  # noqa: E402
+from pointpeft_cli.cli.cache import cache_app  # noqa: E402
+
+app.command("download", epilog=_download.EXAMPLES)(_download.download)
+app.add_typer(cache_app, name="cache")
 # (end of command registration)
 
 
