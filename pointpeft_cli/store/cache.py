@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pointpeft_cli.errors import AssetNotCachedError, AssetUnavailableError, CorruptFileError
+from pointpeft_cli.fsutil import atomic_write_text
 from pointpeft_cli.store.registry import Asset, get_asset, kind_dir
 
 MANIFEST = "manifest.json"
@@ -49,19 +50,6 @@ def is_partial_name(name: str) -> bool:
 def short_id() -> str:
     """Eight hex characters for unique temp names."""
     return uuid.uuid4().hex[:8]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temp file in the same directory and os.replace."""
-    tmp = path.with_name(f"{path.name}.{short_id()}{PARTIAL_SUFFIX}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
