@@ -74,6 +74,12 @@ class UnsafeFileError(IntegrityError):
     """A file needs pickle (or holds unsafe archive members) and was not trusted explicitly."""
 
 
+class TrainingDiverged(PointPeftError):
+    """The loss became NaN or infinite; the last good checkpoint stays resumable."""
+
+    exit_code = EXIT_INTERNAL
+
+
 class RunInterrupted(PointPeftError):
     """The user interrupted a command; whatever was written is resumable."""
 

@@ -54,7 +54,7 @@ def test_presets_carry_the_original_recipe(name: str) -> None:
 def test_scanobjectnn_recipe_for_point_mae() -> None:
     cfg = resolve_config("point-mae-scanobjectnn-hardest")
     assert (cfg.data.points, cfg.model.num_group, cfg.model.group_size) == (2048, 128, 32)
-    assert cfg.data.train_augment == "scale_rotate_y"
+    assert cfg.data.train_augment == "scale_rotate"
     objbg = resolve_config("point_mae_scanobjectnn_objbg")
     assert objbg.data.task == "scanobjectnn-objbg"
     assert objbg.data.points == 2048  # inherited through _base_

@@ -87,27 +87,32 @@ class Output:
         return not (self.json_mode or self.quiet) and self.console.is_terminal
 
     @contextmanager
-    def progress(self, transient: bool = True) -> Iterator[Any]:
-        """A Rich progress bar on stderr, or a silent stand-in for --json, -q and non-TTY."""
+    def progress(self, transient: bool = True, unit: str = "bytes") -> Iterator[Any]:
+        """A Rich progress bar on stderr, or a silent stand-in for --json, -q and non-TTY.
+
+        `unit` is "bytes" (transfer size and speed) or "items" (count and elapsed time).
+        """
         if not self.show_progress:
             yield _NullProgress()
             return
         from rich.progress import (
             BarColumn,
             DownloadColumn,
+            MofNCompleteColumn,
             Progress,
             TextColumn,
+            TimeElapsedColumn,
             TimeRemainingColumn,
             TransferSpeedColumn,
         )
 
-        columns = (
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
+        middle = (
+            (DownloadColumn(), TransferSpeedColumn())
+            if unit == "bytes"
+            else (MofNCompleteColumn(), TimeElapsedColumn())
         )
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), *middle,
+                   TimeRemainingColumn())  # fmt: skip
         with Progress(*columns, console=self.console, transient=transient) as bar:
             yield bar
 

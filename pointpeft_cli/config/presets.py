@@ -120,3 +120,21 @@ def resolve_config(
 def dump_config(cfg: RunConfig) -> str:
     """The resolved config as YAML (what `--print-config` shows and runs save)."""
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False)
+
+
+DEFAULT_PRESET = "point_mae_mini_shapes"
+
+
+def choose_preset(preset: str | None, backbone: str | None, task: str | None) -> str | None:
+    """The explicit preset, else `<backbone>_<task>` when such a preset exists, else the default
+    (the embedded point-mae-mini on shapes) when neither backbone nor task is given."""
+    if preset:
+        return preset
+    if backbone is None and task is None:
+        return DEFAULT_PRESET if _canonical(DEFAULT_PRESET) in _known() else None
+    wanted = _canonical(f"{backbone or 'point-mae-mini'}_{task or 'shapes'}")
+    return wanted if wanted in _known() else None
+
+
+def _known() -> set[str]:
+    return {_canonical(name) for name in list_presets()}

@@ -23,7 +23,7 @@ class DataConfig:
     points: int | None = None  # None: the task's upstream default (tasks.py)
     max_train_samples: int | None = None
     max_test_samples: int | None = None
-    train_augment: str = "scale_translate"  # scale_translate | scale_rotate_y | none
+    train_augment: str = "scale_translate"  # scale_translate | scale_rotate | none
     trust_pickle: bool = False
     way: int = 5
     shot: int = 10
@@ -103,7 +103,7 @@ _CHOICES = {
     ("train", "amp"): ("auto", "off", "bf16", "fp16"),
     ("train", "select"): ("best", "last"),
     ("train", "nan_policy"): ("stop", "skip"),
-    ("data", "train_augment"): ("scale_translate", "scale_rotate_y", "none"),
+    ("data", "train_augment"): ("scale_translate", "scale_rotate", "none"),
 }
 
 

@@ -1,0 +1,147 @@
+"""`pointpeft finetune`: train Point-PEFT (or full / linear) and write a run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pointpeft_cli.cli.common import progress_bridge, run_config
+from pointpeft_cli.cli.options import (
+    BackboneOpt,
+    CacheDirOpt,
+    DataDirOpt,
+    JsonOpt,
+    PointsOpt,
+    PresetOpt,
+    SeedOpt,
+    SetOpt,
+    TaskOpt,
+)
+from pointpeft_cli.cli.output import Output
+
+EXAMPLES = """Examples:
+
+  pointpeft finetune                                          # embedded default, offline
+
+  pointpeft finetune --backbone point-mae --task modelnet40
+
+  pointpeft finetune --task shapes --method full --epochs 5 --out runs/full
+"""
+
+Opt = typer.Option
+
+
+def finetune(
+    preset: PresetOpt = None,
+    backbone: BackboneOpt = None,
+    task: TaskOpt = None,
+    data_dir: DataDirOpt = None,
+    points: PointsOpt = None,
+    method: Annotated[str | None, Opt("--method", help="point-peft, full or linear.")] = None,
+    epochs: Annotated[int | None, Opt("--epochs", help="Training epochs.")] = None,
+    batch_size: Annotated[int | None, Opt("--batch-size", help="Training batch size.")] = None,
+    lr: Annotated[float | None, Opt("--lr", help="Peak learning rate.")] = None,
+    seed: SeedOpt = None,
+    device: Annotated[str | None, Opt("--device", help="auto, cpu, cuda or cuda:N.")] = None,
+    out: Annotated[Path | None, Opt("--out", help="Run directory (default: runs/...).")] = None,
+    resume: Annotated[bool, Opt("--resume", help="Continue the run in --out.")] = False,
+    sets: SetOpt = None,
+    print_config: Annotated[bool, Opt("--print-config", help="Show the resolved config.")] = False,
+    max_train_samples: Annotated[int | None, Opt("--max-train-samples")] = None,
+    max_test_samples: Annotated[int | None, Opt("--max-test-samples")] = None,
+    json_out: JsonOpt = False,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Fine-tune a pre-trained backbone with Point-PEFT (or `full` / `linear` to compare)."""
+    out_ = Output("finetune", json_out)
+    from pointpeft_cli import settings
+    from pointpeft_cli.engine.adapter import read_run_config
+    from pointpeft_cli.engine.rundir import RunDir, default_run_dir
+    from pointpeft_cli.engine.train import TrainHooks
+    from pointpeft_cli.engine.train import finetune as run_finetune
+    from pointpeft_cli.errors import UsageError
+
+    flags = {
+        "model.backbone": backbone, "data.task": task, "data.data_dir": data_dir,
+        "data.points": points, "train.method": method, "train.epochs": epochs,
+        "train.batch_size": batch_size, "train.lr": lr, "train.seed": seed,
+        "train.device": device, "data.max_train_samples": max_train_samples,
+        "data.max_test_samples": max_test_samples,
+    }  # fmt: skip
+    if resume:
+        if out is None:
+            raise UsageError("--resume needs --out RUN_DIR", hint="pass the run to continue")
+        if preset or sets or any(v is not None for v in flags.values()):
+            raise UsageError("--resume continues with the run's saved config; drop other flags")
+        cfg, name = read_run_config(RunDir(out)), None
+    else:
+        cfg, name = run_config(preset, sets, flags)
+    if print_config:
+        _print_config(out_, cfg)
+        return
+    run_path = out or default_run_dir(name or f"{cfg.model.backbone}-{cfg.data.task}")
+    with progress_bridge(out_) as progress:
+        hooks = TrainHooks(progress=progress, on_epoch=lambda r: out_.info(_epoch_line(r)),
+                           on_info=out_.info)  # fmt: skip
+        result = run_finetune(
+            cfg, run_path, cache_root=settings.cache_root(cache_dir), resume=resume, hooks=hooks
+        )
+    payload = _payload(result, cfg)
+    out_.result(payload, human=lambda c: _summary(c, payload), primary=str(result.run_dir))
+
+
+def _print_config(out_: Output, cfg: Any) -> None:
+    from pointpeft_cli.config.presets import dump_config
+
+    if out_.json_mode:
+        out_.result({"config": cfg.to_dict()})
+    else:
+        typer.echo(dump_config(cfg), nl=False)
+
+
+def _epoch_line(r: dict[str, Any]) -> str:
+    test = f"  test {r['test_accuracy']:.2%}" if "test_accuracy" in r else ""
+    return (
+        f"epoch {r['epoch']:>3}  loss {r['loss']:.4f}  train {r['train_accuracy']:.2%}{test}"
+        f"  lr {r['lr']:.2e}  {r['samples_per_second']:.1f} samples/s"
+    )
+
+
+def _payload(result: Any, cfg: Any) -> dict[str, Any]:
+    p = result.params
+    return {
+        "run_dir": str(result.run_dir),
+        "method": cfg.train.method,
+        "backbone": cfg.model.backbone,
+        "task": cfg.data.task,
+        "epochs": result.epochs,
+        "best": result.best,
+        "last": result.last,
+        "trainable_params": p["trainable_params"],
+        "trainable_params_without_head": p["trainable_params_without_head"],
+        "total_params": p["total_params"],
+        "seconds": result.seconds,
+        "train_samples_per_second": result.train_samples_per_second,
+    }
+
+
+def _summary(console: Any, p: dict[str, Any]) -> None:
+    from pointpeft_cli.peft.trainable import peft_line
+
+    best, last = p["best"] or {}, p["last"] or {}
+    console.print(
+        f"[bold green]Done[/bold green] {p['method']} on {p['task']} ({p['backbone']}), "
+        f"{p['epochs']} epochs in {p['seconds']:.0f} s"
+    )
+    if best:
+        console.print(
+            f"test accuracy: best {best['accuracy']:.2%} (epoch {best['epoch']}), "
+            f"last {last.get('accuracy', 0):.2%}; mean class {best['mean_class_accuracy']:.2%}"
+        )
+    console.print(peft_line(p["trainable_params"], p["total_params"]))
+    console.print(f"run directory: {p['run_dir']}")
+    console.print("next:")
+    console.print(f"  pointpeft evaluate --run {p['run_dir']}")
+    console.print(f"  pointpeft export-adapter --run {p['run_dir']} --out adapters/my-adapter")
