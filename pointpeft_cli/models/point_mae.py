@@ -1,0 +1,26 @@
+"""Point-MAE backbones: `point-mae` (official weights) and `point-mae-mini` (same code, smaller)."""
+
+from __future__ import annotations
+
+from pointpeft_cli.models.classifier import BackboneConfig
+from pointpeft_cli.models.registry import register_model
+
+
+@register_model("point-mae")
+def point_mae() -> BackboneConfig:
+    """Upstream Point-MAE: width 384, 12 blocks, 6 heads, MLP 1536, encoder 384, 64 x 32."""
+    return BackboneConfig(family="point-mae")
+
+
+@register_model("point-mae-mini")
+def point_mae_mini() -> BackboneConfig:
+    """The embedded default: the Point-MAE architecture at half width and half depth."""
+    return BackboneConfig(
+        family="point-mae",
+        trans_dim=192,
+        depth=6,
+        num_heads=3,
+        encoder_dims=192,
+        encoder_widths=(64, 128, 256),
+        pos_hidden=64,
+    )

@@ -1,0 +1,230 @@
+"""Transformer pieces shared by the Point-MAE family: patch encoder, attention, blocks, encoder.
+
+Parameter names and shapes follow upstream Point-MAE exactly (`formats.md` §4), so official
+checkpoints load without renaming. Blocks carry explicit, empty hook points that
+`pointpeft_cli.peft.inject` fills; nothing is monkeypatched.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from pointpeft_cli.peft.context import PointContext
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (timm's DropPath): drop a residual branch, rescale the rest."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = float(p)
+
+    def sample_mask(self, rows: int, like: Tensor) -> Tensor | None:
+        """A `[rows, 1]` keep/rescale mask, or None when DropPath is inactive."""
+        if self.p == 0.0 or not self.training:
+            return None
+        keep = 1.0 - self.p
+        return like.new_empty((rows, 1)).bernoulli_(keep).div_(keep)
+
+    def forward(self, x: Tensor) -> Tensor:
+        mask = self.sample_mask(x.shape[0], x)
+        return x if mask is None else x * mask.view((-1,) + (1,) * (x.dim() - 1))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention (qkv without bias) computed by `scaled_dot_product_attention`."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, proj_bias: Tensor | None = None) -> Tensor:
+        """Attend over all tokens; `proj_bias` replaces `proj.bias` (frozen retrieval pass)."""
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)  # default scale = head_dim ** -0.5
+        out = out.transpose(1, 2).reshape(b, n, c)
+        return F.linear(out, self.proj.weight, self.proj.bias if proj_bias is None else proj_bias)
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU -> fc2 (upstream uses dropout 0, so there is none)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor, biases: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Apply the MLP; `biases` replaces (fc1.bias, fc2.bias) for the frozen retrieval pass."""
+        b1, b2 = (self.fc1.bias, self.fc2.bias) if biases is None else biases
+        return F.linear(self.act(F.linear(x, self.fc1.weight, b1)), self.fc2.weight, b2)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with Point-PEFT hook points.
+
+    With every hook empty (the default) this is the upstream Point-MAE block:
+    `x += DropPath(attn(norm1(x))); x += DropPath(mlp(norm2(x)))`.
+
+    Hook points (filled by `pointpeft_cli.peft.inject`, names as in the original release):
+        prompt_embeddings, prompt_dropout, cp_adapter: prompt tokens of a prompted layer.
+        adapter: MLP-branch adapter, `x + h + adapter(h)` with `h = DropPath(mlp(norm2(x)))`.
+        adapter1, out_transform: per-layer parts of the geometry-aware adapter.
+    """
+
+    #: Backbone tensors (relative names) that Point-PEFT tunes BitFit-style (method.md §7).
+    TUNED_BIASES: ClassVar[tuple[str, ...]] = (
+        "norm1.bias",
+        "norm2.bias",
+        "mlp.fc1.bias",
+        "mlp.fc2.bias",
+        "attn.proj.bias",
+    )
+    #: Hook parameters held directly by the block (not inside a PEFT module).
+    PEFT_PARAMS: ClassVar[tuple[str, ...]] = ("prompt_embeddings",)
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.attn_drop_path = True
+        self.register_parameter("prompt_embeddings", None)
+        self.prompt_dropout: nn.Module | None = None
+        self.cp_adapter: nn.Module | None = None
+        self.adapter: nn.Module | None = None
+        self.adapter1: nn.Module | None = None
+        self.out_transform: nn.Module | None = None
+
+    def forward(self, x: Tensor, ctx: PointContext | None = None) -> Tensor:
+        """One block; `ctx` (centres, indices, retrieved prompts) drives the filled hooks."""
+        if ctx is None:
+            x = x + self.drop_path(self.attn(self.norm1(x)))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        num_prompt = 0
+        if self.prompt_embeddings is not None:
+            prompts = ctx.layer_prompts(self)
+            num_prompt = prompts.shape[1]
+            x = torch.cat([x[:, :1], prompts, x[:, 1:]], dim=1)
+        a = self.attn(self.norm1(x))
+        x = x + (self.drop_path(a) if self.attn_drop_path else a)
+        h = self.drop_path(self.mlp(self.norm2(x)))
+        x = x + h if self.adapter is None else x + h + self.adapter(h)
+        if self.adapter1 is not None:
+            return ctx.geometry(self, x, num_prompt)
+        if num_prompt:
+            x = torch.cat([x[:, :1], x[:, 1 + num_prompt :]], dim=1)
+        return x
+
+    def forward_frozen(self, x: Tensor, biases: dict[str, Tensor] | None = None) -> Tensor:
+        """The upstream block with eval semantics (no DropPath) and no hooks.
+
+        Args:
+            x: `[B, N, C]` tokens (position already added).
+            biases: replacements for `TUNED_BIASES` (the pre-trained values, so the retrieval
+                query stays that of the frozen backbone while Point-PEFT tunes the live ones).
+        """
+        b = biases or {}
+        n1, n2 = self.norm1, self.norm2
+        h = F.layer_norm(x, n1.normalized_shape, n1.weight, b.get("norm1.bias", n1.bias), n1.eps)
+        x = x + self.attn(h, proj_bias=b.get("attn.proj.bias"))
+        h = F.layer_norm(x, n2.normalized_shape, n2.weight, b.get("norm2.bias", n2.bias), n2.eps)
+        fc = None
+        if "mlp.fc1.bias" in b:
+            fc = (b["mlp.fc1.bias"], b["mlp.fc2.bias"])
+        return x + self.mlp(h, fc)
+
+
+class TransformerEncoder(nn.Module):
+    """The block stack (`blocks.blocks.{i}`); adds `pos` before every block as upstream does.
+
+    Hook points `attn1` / `norm3`: the geometry adapter's local attention and its norm, shared
+    by all blocks (filled by `pointpeft_cli.peft.inject`).
+    """
+
+    def __init__(self, dim: int, depth: int, num_heads: int, mlp_ratio: float, drop_path: float):
+        super().__init__()
+        rates = torch.linspace(0, drop_path, depth).tolist()
+        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, r) for r in rates)
+        self.attn1: nn.Module | None = None
+        self.norm3: nn.Module | None = None
+
+    def forward(self, x: Tensor, pos: Tensor, ctx: PointContext | None = None) -> Tensor:
+        for block in self.blocks:
+            x = block(x + pos, ctx)
+        return x
+
+
+class PatchEncoder(nn.Module):
+    """Mini-PointNet patch encoder (`encoder.first_conv` / `encoder.second_conv`).
+
+    Upstream applies kernel-1 Conv1d layers to `[BG, C, M]`; the same weights are applied here as
+    matrix products on channels-last rows, and the first `second_conv` layer is split into its
+    global and local halves so the repeated global feature is multiplied once per group instead
+    of once per point (same maths, about half of the encoder's cost).
+    """
+
+    def __init__(self, out_dim: int, widths: tuple[int, int, int] = (128, 256, 512)) -> None:
+        super().__init__()
+        c1, c2, c3 = widths
+        self.first_conv = nn.Sequential(
+            nn.Conv1d(3, c1, 1), nn.BatchNorm1d(c1), nn.ReLU(inplace=True), nn.Conv1d(c1, c2, 1)
+        )
+        self.second_conv = nn.Sequential(
+            nn.Conv1d(2 * c2, c3, 1),
+            nn.BatchNorm1d(c3),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(c3, out_dim, 1),
+        )
+        self.out_dim = out_dim
+
+    @staticmethod
+    def _fold(conv: nn.Conv1d, bn: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
+        """Conv weight/bias with an eval-mode BatchNorm folded in (one pass fewer per layer)."""
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        weight = conv.weight[..., 0] * scale.unsqueeze(1)
+        return weight, (conv.bias - bn.running_mean) * scale + bn.bias
+
+    def forward(self, neighborhood: Tensor, frozen_stats: bool = False) -> Tensor:
+        """Encode `[B, G, M, 3]` centred patches into `[B, G, out_dim]` tokens.
+
+        Args:
+            neighborhood: centred patch coordinates.
+            frozen_stats: use the BatchNorm running statistics whatever the module's mode (they
+                are then folded into the preceding weights).
+        """
+        b, g, m, _ = neighborhood.shape
+        conv0, bn0, _, conv1 = self.first_conv
+        conv2, bn1, _, conv3 = self.second_conv
+        x = neighborhood.reshape(b * g * m, 3)
+        if frozen_stats:
+            x = F.linear(x, *self._fold(conv0, bn0)).relu_()
+        else:
+            x = bn0(F.linear(x, conv0.weight[..., 0], conv0.bias)).relu_()
+        x = F.linear(x, conv1.weight[..., 0], conv1.bias).view(b * g, m, -1)
+        c2 = x.shape[-1]
+        w2, b2 = self._fold(conv2, bn1) if frozen_stats else (conv2.weight[..., 0], conv2.bias)
+        # upstream: conv over cat(global expanded, local); the global half is computed per group
+        glob = F.linear(x.max(dim=1).values, w2[:, :c2], b2)
+        x = F.linear(x, w2[:, c2:]).add_(glob.unsqueeze(1)).view(b * g * m, -1)
+        x = x.relu_() if frozen_stats else bn1(x).relu_()
+        x = F.linear(x, conv3.weight[..., 0], conv3.bias).view(b * g, m, -1)
+        pooled = x.amax(dim=1) if frozen_stats else x.max(dim=1).values
+        return pooled.view(b, g, -1)

@@ -1,0 +1,135 @@
+"""The Point-PEFT model: batch independence, modes, the adapter kernels, paper-size step."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pointpeft_cli.errors import ConfigError
+from pointpeft_cli.models.ops import gather_points
+from pointpeft_cli.models.registry import create_model
+from pointpeft_cli.peft.adapter import LocalAttention, group_max, take_rows
+from pointpeft_cli.peft.config import PointPeftConfig
+
+TINY = {
+    "trans_dim": 32, "depth": 2, "num_heads": 2, "encoder_dims": 32, "encoder_widths": (16, 32, 64),
+    "pos_hidden": 16, "head_hidden": 16, "pretrain_num_group": 8, "pretrain_group_size": 8,
+}  # fmt: skip
+
+
+def make(method: str = "point-peft", **kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = create_model(
+        "point-mae", num_classes=6, method=method, num_group=16, group_size=8,
+        peft=PointPeftConfig(local_group_size=4), **{**TINY, **kw},
+    )  # fmt: skip
+    model.set_memory_bank(F.normalize(torch.randn(30, 32), dim=1))
+    return model
+
+
+@pytest.mark.parametrize("backbone", ["point-mae", "point-bert"])
+def test_batch_equals_single_samples_in_eval(backbone: str) -> None:
+    torch.manual_seed(0)
+    extra = {"encoder_dims": 24, "cls_pretrained": True, "head": "bert"}
+    model = create_model(
+        "point-mae", num_classes=6, num_group=16, group_size=8,
+        peft=PointPeftConfig(local_group_size=4),
+        **{**TINY, **(extra if backbone == "point-bert" else {})},
+    ).eval()  # fmt: skip
+    model.set_memory_bank(F.normalize(torch.randn(30, 32), dim=1))
+    pts = torch.randn(5, 200, 3, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        batch = model(pts)
+        single = torch.cat([model(pts[i : i + 1]) for i in range(5)])
+    torch.testing.assert_close(batch, single, atol=1e-5, rtol=1e-5)
+
+
+def test_frozen_encoder_batchnorm_stays_in_eval() -> None:
+    for method, trains in (("point-peft", False), ("linear", False), ("full", True)):
+        model = make(method).train()
+        assert model.encoder.first_conv[1].training is trains
+        assert model.cls_head_finetune.training
+        model.eval()
+        assert not model.encoder.first_conv[1].training
+
+
+def test_frozen_parts_build_no_graph() -> None:
+    model = make().train()
+    pts = torch.randn(2, 200, 3)
+    emb = model.embed(pts, 16, 8, frozen=model.frozen_encoder)
+    assert not emb.tokens.requires_grad and not emb.pos.requires_grad
+    assert not model.retrieval_query(pts, shared=emb).requires_grad
+    full = make("full")
+    assert full.embed(pts, 16, 8, frozen=full.frozen_encoder).tokens.requires_grad
+    linear = make("linear")
+    assert not linear.forward_features(pts).requires_grad
+    assert linear(pts).requires_grad  # only the head builds a graph
+
+
+def test_train_mode_is_stochastic_and_eval_is_not() -> None:
+    model = make()
+    pts = torch.randn(4, 200, 3)
+    torch.manual_seed(1)
+    a = model.train()(pts)
+    b = model(pts)
+    assert not torch.allclose(a, b)  # DropPath, prompt/adapter dropout, head dropout
+    model.eval()
+    torch.testing.assert_close(model(pts), model(pts), atol=0, rtol=0)
+
+
+def test_group_max_and_take_rows_match_torch() -> None:
+    x = torch.randn(7, 16, 5, dtype=torch.float64, requires_grad=True)
+    x.data[0, 3] = x.data[0, 9] = 10.0  # a tie: gradient goes to the first, as max(dim) does
+    y = torch.randn(7, 5, dtype=torch.float64)
+    (group_max(x) * y).sum().backward()
+    got = x.grad.clone()
+    x.grad = None
+    (x.max(dim=1).values * y).sum().backward()
+    assert torch.equal(got, x.grad)
+    rows = torch.randn(3, 11, 4)
+    idx = torch.randint(0, 11, (3, 6, 2))
+    flat = (idx + torch.arange(3).view(3, 1, 1) * 11).reshape(-1)
+    assert torch.equal(take_rows(rows, flat).view(3, 6, 2, 4), gather_points(rows, idx))
+
+
+def test_local_attention_is_the_original_attn1() -> None:
+    attn = LocalAttention(32, num_heads=6, inner=18)
+    x = torch.randn(4, 16, 32)
+    qkv = attn.qkv(x).reshape(4, 16, 3, 6, 3).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    att = torch.softmax(q @ k.transpose(-2, -1) * 18**-0.5, dim=-1)  # scale 18^-0.5, not 3^-0.5
+    want = attn.proj((att @ v).transpose(1, 2).reshape(4, 16, 18))
+    torch.testing.assert_close(attn(x), want, atol=1e-6, rtol=1e-5)
+    assert sum(p.numel() for p in LocalAttention(384).parameters()) == 28_032
+
+
+def test_config_validation_and_unknown_keys(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(ConfigError):
+        PointPeftConfig(local_dim=17)
+    with pytest.raises(ConfigError):
+        PointPeftConfig(num_prompt_tokens=2)
+    with caplog.at_level(logging.WARNING):
+        cfg = PointPeftConfig.from_dict({"center_cof": 0.5, "future_knob": 1})
+    assert cfg.center_cof == 0.5 and "future_knob" in caplog.text
+    assert PointPeftConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="do not fit"):
+        create_model(
+            "point-mae", num_classes=3, num_group=8, group_size=8,
+            peft=PointPeftConfig(local_group_size=16), **TINY,
+        )  # fmt: skip
+
+
+@pytest.mark.slow  # ~3 s on an idle 2-core machine, ~25 s when it is shared
+def test_paper_size_step_batch_32() -> None:
+    """Point-MAE + Point-PEFT at the ModelNet40 recipe: 32 x 1024 points, forward + backward."""
+    torch.manual_seed(0)
+    model = create_model("point-mae", num_classes=40, num_group=64, group_size=32).train()
+    model.set_memory_bank(F.normalize(torch.randn(256, 384), dim=1))
+    pts = torch.randn(32, 1024, 3)
+    loss = F.cross_entropy(model(pts), torch.randint(0, 40, (32,)))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
