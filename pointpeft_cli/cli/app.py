@@ -102,7 +102,6 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
         RichHandler(console=stderr_console(), show_path=False, tracebacks_show_locals=False)
     ]
     root.setLevel(level)
-    root.propagate = False
 
 
 @app.callback()
@@ -126,10 +125,23 @@ def root(
 
 # --- command registration (one line per command module; engines must exist: no stubs) ---
 from pointpeft_cli.cli import download as _download  # noqa: E402
+from pointpeft_cli.cli import evaluate as _evaluate  # noqa: E402
+from pointpeft_cli.cli import export as _export  # noqa: E402
+from pointpeft_cli.cli import finetune as _finetune  # noqa: E402
+from pointpeft_cli.cli import memory_bank as _memory_bank  # noqa: E402
+from pointpeft_cli.cli import predict as _predict  # noqa: E402
 from pointpeft_cli.cli.cache import cache_app  # noqa: E402
 
 app.command("download", epilog=_download.EXAMPLES)(_download.download)
 app.add_typer(cache_app, name="cache")
+app.command("build-memory-bank", epilog=_memory_bank.EXAMPLES)(_memory_bank.build_memory_bank)
+app.command("finetune", epilog=_finetune.EXAMPLES)(_finetune.finetune)
+app.command("evaluate", epilog=_evaluate.EXAMPLES)(_evaluate.evaluate)
+app.command("export-adapter", epilog=_export.EXAMPLES)(_export.export_adapter)
+app.command("predict", epilog=_predict.EXAMPLES)(_predict.predict)
+from pointpeft_cli.cli import inspect as _inspect  # noqa: E402
+
+app.command("inspect", epilog=_inspect.EXAMPLES)(_inspect.inspect)
 # (end of command registration)
 
 

@@ -16,6 +16,7 @@ from pointpeft_cli.cli.options import (
     JsonOpt,
     PointsOpt,
     PresetOpt,
+    SeedOpt,
     SetOpt,
     TaskOpt,
 )
@@ -41,6 +42,7 @@ def build_memory_bank(
     points: PointsOpt = None,
     batch_size: Annotated[int | None, Opt("--batch-size", help="Clouds per forward pass.")] = None,
     device: Annotated[str | None, Opt("--device", help="auto, cpu, cuda or cuda:N.")] = None,
+    seed: SeedOpt = None,
     out: Annotated[Path | None, Opt("--out", help="Also copy the bank to this .h5 file.")] = None,
     sets: SetOpt = None,
     json_out: JsonOpt = False,
@@ -57,7 +59,7 @@ def build_memory_bank(
 
     flags = {"model.backbone": backbone, "data.task": task, "data.data_dir": data_dir,
              "data.points": points, "memory_bank.batch_size": batch_size,
-             "train.device": device}  # fmt: skip
+             "train.device": device, "train.seed": seed}  # fmt: skip
     cfg, _ = run_config(preset, sets, flags)
     start = time.perf_counter()
     root = settings.cache_root(cache_dir)

@@ -19,7 +19,7 @@ from pointpeft_cli.engine.memory_bank import (
     load_bank,
     save_bank,
 )
-from pointpeft_cli.engine.weights import BackboneWeights, resolve_weights
+from pointpeft_cli.engine.weights import RANDOM_INIT, BackboneWeights, resolve_weights
 from pointpeft_cli.errors import DataError
 from pointpeft_cli.tasks import TaskSpec, get_task
 
@@ -166,7 +166,10 @@ def obtain_bank(
 
     sampling = resolve_sampling(cfg)
     fingerprint = train_set.fingerprint()
-    key = bank_cache_key(weights.sha256, fingerprint, bank_config(cfg, model))
+    feature_cfg = bank_config(cfg, model)
+    if weights.sha256 == RANDOM_INIT:  # the weights are whatever the seed initialised
+        feature_cfg["init_seed"] = cfg.train.seed
+    key = bank_cache_key(weights.sha256, fingerprint, feature_cfg)
     path = bank_path(cache_root, key)
     if path.is_file():
         return load_bank(path), path, False
@@ -192,7 +195,7 @@ def obtain_bank(
         "points": sampling.points,
         "normalized_rows": True,
         "class_names": list(train_set.class_names),
-        **bank_config(cfg, model),
+        **feature_cfg,
     }
     bank = MemoryBank(feats, labels, meta)
     save_bank(path, bank)

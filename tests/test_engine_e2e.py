@@ -1,0 +1,175 @@
+"""The command chain on the procedural task: bank -> finetune -> export -> evaluate -> predict,
+bit-exact resume, the three methods on one preset, and the adapter size at paper scale."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from pointpeft_cli.engine import train as train_mod
+from tests.cli_helpers import run_cli
+
+# a random-init point-mae-mini (its shipped weights are not needed to test the plumbing)
+QUICK = [
+    "--task", "shapes", "--backbone", "point-mae-mini", "--set", "model.pretrained=false",
+    "--set", "data.shapes_train_size=48", "--set", "data.shapes_test_size=24",
+    "--batch-size", "8", "--seed", "3",
+]  # fmt: skip
+
+
+def _finetune(out: Path, *extra: str) -> dict:
+    res = run_cli("finetune", *QUICK, "--out", str(out), "--json", *extra)
+    assert res.exit_code == 0, res.stderr
+    return res.json()
+
+
+def test_chain(tmp_path: Path, cache_home: Path) -> None:
+    bank_args = [*QUICK[:10], "--seed", "3"]
+    bank = run_cli("build-memory-bank", *bank_args, "--json")
+    assert bank.exit_code == 0, bank.stderr
+    b = bank.json()
+    assert b["command"] == "build-memory-bank" and b["cached"] is False
+    assert (b["num_samples"], b["feature_dim"]) == (48, 192)
+    assert Path(b["path"]).is_file() and b["seconds"] >= 0
+    again = run_cli("build-memory-bank", *bank_args, "--json").json()
+    assert again["cached"] is True and again["path"] == b["path"]
+
+    run_dir = tmp_path / "run"
+    ft = _finetune(run_dir, "--epochs", "2")
+    for key in ("run_dir", "method", "backbone", "task", "epochs", "best", "last",
+                "trainable_params", "trainable_params_without_head", "total_params", "seconds",
+                "train_samples_per_second"):  # fmt: skip
+        assert key in ft, key
+    assert ft["epochs"] == 2 and ft["method"] == "point-peft"
+    assert set(ft["best"]) == {"epoch", "accuracy", "mean_class_accuracy"}
+    assert 0.0 <= ft["best"]["accuracy"] <= 1.0
+    assert ft["trainable_params_without_head"] < ft["trainable_params"] < ft["total_params"]
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    for name in ("config.yaml", "run.json", "memory_bank.h5", "checkpoints/last.pt",
+                 "checkpoints/best.safetensors", "checkpoints/last.safetensors"):  # fmt: skip
+        assert (run_dir / name).is_file(), name
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "complete"
+    for key in ("train_augment", "points", "votes", "seed", "selection"):
+        assert key in info["protocol"]
+    assert info["memory_bank"]["cached_path"] == b["path"]  # the bank was reused, not rebuilt
+
+    ev = run_cli("evaluate", "--run", str(run_dir), "--checkpoint", "last", "--json").json()
+    assert ev["accuracy"] == pytest.approx(ft["last"]["accuracy"])
+    assert ev["num_samples"] == 24 and len(ev["confusion_matrix"]) == 12
+    assert sum(map(sum, ev["confusion_matrix"])) == 24
+
+    adapter = tmp_path / "adapter"
+    ex = run_cli("export-adapter", "--run", str(run_dir), "--checkpoint", "last",
+                 "--out", str(adapter), "--json").json()  # fmt: skip
+    names = {f["name"] for f in ex["files"]}
+    assert names == {"adapter_config.json", "adapter_model.safetensors", "memory_bank.h5"}
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    for key in ("pointpeft_version", "method", "backbone", "base_sha256", "task", "class_names"):
+        assert key in config
+    saved = load_file(str(adapter / "adapter_model.safetensors"))
+    assert sum(t.numel() for t in saved.values()) <= ft["trainable_params"] + 10_000  # + BN stats
+
+    # a fresh process reproduces the run's accuracy from the adapter alone
+    env = {**os.environ, "POINTPEFT_HOME": str(cache_home)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pointpeft_cli", "evaluate", "--adapter", str(adapter), "--json"],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["accuracy"] == ft["last"]["accuracy"]
+
+    cloud = tmp_path / "cloud.npy"
+    np.save(cloud, np.random.default_rng(0).standard_normal((1500, 3)).astype(np.float32))
+    pr = run_cli("predict", "--adapter", str(adapter), str(cloud), "--json").json()
+    (pred,) = pr["predictions"]
+    assert pred["file"] == str(cloud) and pred["label"] in config["class_names"]
+    assert len(pred["top5"]) == 5 and pred["top5"][0] == [pred["label"], pred["score"]]
+    assert all(a[1] >= b[1] for a, b in zip(pred["top5"], pred["top5"][1:], strict=False))
+
+
+def test_methods_share_one_preset(tmp_path: Path) -> None:
+    counts = {}
+    for method in ("point-peft", "full", "linear"):
+        res = _finetune(tmp_path / method, "--method", method, "--epochs", "1")
+        counts[method] = res["trainable_params"]
+        assert res["method"] == method and res["total_params"] > 0
+    assert counts["linear"] < counts["point-peft"] < counts["full"]
+
+
+def _interrupt_after(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
+    """Makes the training loop raise KeyboardInterrupt at its `steps`-th batch."""
+    real = train_mod._step_inputs
+    seen = {"n": 0}
+
+    def step(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen["n"] += 1
+        if seen["n"] == steps:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_step_inputs", step)
+
+
+def test_resume_is_bit_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    full = _finetune(tmp_path / "full", "--epochs", "3")
+    _interrupt_after(monkeypatch, 9)  # 6 steps per epoch: stops inside epoch 2
+    res = run_cli("finetune", *QUICK, "--epochs", "3", "--out", str(tmp_path / "cut"), "--json")
+    assert res.exit_code == 130
+    assert res.json()["error"]["type"] == "RunInterrupted"
+    info = json.loads((tmp_path / "cut" / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["epochs_completed"] == 1
+    monkeypatch.undo()
+    resumed = run_cli("finetune", "--resume", "--out", str(tmp_path / "cut"), "--json")
+    assert resumed.exit_code == 0, resumed.stderr
+    a = load_file(str(tmp_path / "full" / "checkpoints" / "last.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "checkpoints" / "last.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(a[k].equal(b[k]) for k in a), "resumed run diverged from the uninterrupted one"
+    assert resumed.json()["last"] == full["last"]
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_resume_needs_a_run(tmp_path: Path) -> None:
+    res = run_cli("finetune", "--resume", "--out", str(tmp_path / "none"), "--json")
+    assert res.exit_code == 2
+    res = run_cli("finetune", "--resume", "--json")
+    assert res.exit_code == 2
+    assert "--out" in res.json()["error"]["message"]
+
+
+def test_print_config_and_bad_keys() -> None:
+    res = run_cli("finetune", "--print-config", "--set", "train.lr=0.01", "--epochs", "4")
+    assert res.exit_code == 0
+    assert "lr: 0.01" in res.stdout and "epochs: 4" in res.stdout
+    bad = run_cli("finetune", "--set", "train.lrr=1", "--json")
+    assert bad.exit_code == 2
+    assert "train.lr" in bad.json()["error"]["hint"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(tmp_path: Path, cache_home: Path) -> None:
+    out = tmp_path / "ddp"
+    env = {**os.environ, "POINTPEFT_HOME": str(cache_home), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+        "--master-addr", "127.0.0.1", "--master-port", "0", "-m", "pointpeft_cli",
+        "finetune", *QUICK, "--epochs", "1", "--device", "cpu", "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (line,) = (out / "metrics.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    single = _finetune(tmp_path / "single", "--epochs", "1")
+    single_record = json.loads((Path(single["run_dir"]) / "metrics.jsonl").read_text())
+    assert set(record) == set(single_record)
+    assert json.loads((out / "run.json").read_text())["world_size"] == 2
