@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def test_schedule_shape() -> None:
     assert s.lr_at(0) == pytest.approx(1e-6)
     assert s.lr_at(5) == pytest.approx(1e-6 + 5 * (5e-4 - 1e-6) / 10)
     lrs = [s.lr_at(e) for e in range(10, 300)]
-    assert all(b <= a for a, b in zip(lrs, lrs[1:], strict=False))  # monotone decay
+    assert all(b <= a for a, b in itertools.pairwise(lrs))  # monotone decay
     expected = 1e-6 + (5e-4 - 1e-6) * 0.5 * (1 + math.cos(math.pi * 150 / 300))
     assert s.lr_at(150) == pytest.approx(expected)
     assert s.lr_at(299) > 1e-6
