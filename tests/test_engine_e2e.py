@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -160,16 +161,52 @@ def test_print_config_and_bad_keys() -> None:
 def test_torchrun_two_processes(tmp_path: Path, cache_home: Path) -> None:
     out = tmp_path / "ddp"
     env = {**os.environ, "POINTPEFT_HOME": str(cache_home), "OMP_NUM_THREADS": "1"}
+    with socket.socket() as probe:  # a free loopback port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-        "--master-addr", "127.0.0.1", "--master-port", "0", "-m", "pointpeft_cli",
+        "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "pointpeft_cli",
         "finetune", *QUICK, "--epochs", "1", "--device", "cpu", "--out", str(out),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("run directory:") == 1  # only rank 0 reports
     (line,) = (out / "metrics.jsonl").read_text().splitlines()
     record = json.loads(line)
     single = _finetune(tmp_path / "single", "--epochs", "1")
     single_record = json.loads((Path(single["run_dir"]) / "metrics.jsonl").read_text())
     assert set(record) == set(single_record)
     assert json.loads((out / "run.json").read_text())["world_size"] == 2
+
+
+def test_point_mae_adapter_is_small(tmp_path: Path) -> None:
+    """Paper-size Point-MAE with an official-layout checkpoint: the exported adapter, memory bank
+    excluded, stays under 4 MB (ModelNet40 has 40 classes; shapes has 12, so add the head rows)."""
+    from tests.ckpt_factory import write_official_checkpoint
+
+    ckpt = write_official_checkpoint(tmp_path / "pretrain.pth", "mae_pretrain", seed=1)
+    run_dir = tmp_path / "mae"
+    res = run_cli(
+        "finetune", "--task", "shapes", "--backbone", "point-mae",
+        "--set", f"model.checkpoint={ckpt}", "--set", "data.shapes_train_size=16",
+        "--set", "data.shapes_test_size=12", "--batch-size", "8", "--epochs", "1",
+        "--out", str(run_dir), "--json",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["backbone"]["source"] == str(ckpt)
+    assert 600_000 < res.json()["trainable_params"] < 900_000
+    ex = run_cli("export-adapter", "--run", str(run_dir), "--out", str(tmp_path / "ad"), "--json")
+    sizes = {f["name"]: f["bytes"] for f in ex.json()["files"]}
+    extra_head_rows = (40 - 12) * (256 + 1) * 4  # the 40-class head's extra float32 weights
+    assert sizes["adapter_model.safetensors"] + extra_head_rows < 4 * 1024 * 1024
+    # the adapter refuses a different backbone file (exit 4) unless forced
+    other = write_official_checkpoint(tmp_path / "other.pth", "mae_pretrain", seed=2)
+    cfg = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    cfg["run_config"]["model"]["checkpoint"] = str(other)
+    (tmp_path / "ad" / "adapter_config.json").write_text(json.dumps(cfg))
+    bad = run_cli("evaluate", "--adapter", str(tmp_path / "ad"), "--json")
+    assert bad.exit_code == 4 and "sha256" in bad.json()["error"]["message"]
+    forced = run_cli("evaluate", "--adapter", str(tmp_path / "ad"), "--force", "--json")
+    assert forced.exit_code == 0

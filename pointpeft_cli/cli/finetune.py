@@ -88,8 +88,11 @@ def finetune(
         result = run_finetune(
             cfg, run_path, cache_root=settings.cache_root(cache_dir), resume=resume, hooks=hooks
         )
-    payload = _payload(result, cfg)
-    out_.result(payload, human=lambda c: _summary(c, payload), primary=str(result.run_dir))
+    from pointpeft_cli.engine.distributed import is_main_process
+
+    if is_main_process():  # one result per torchrun launch
+        payload = _payload(result, cfg)
+        out_.result(payload, human=lambda c: _summary(c, payload), primary=str(result.run_dir))
 
 
 def _print_config(out_: Output, cfg: Any) -> None:

@@ -39,6 +39,11 @@ def init_from_env(device_spec: str) -> DistInfo:
     return DistInfo(True, rank, world, local_rank)
 
 
+def is_main_process() -> bool:
+    """True unless this process is a non-zero rank of a torchrun launch."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
@@ -69,4 +74,13 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, device: torch.device) -> 
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    import inspect
+
+    # torch >= 2.13 renamed the switch; older releases only know broadcast_buffers
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    no_sync = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in params
+        else {"broadcast_buffers": False}
+    )
+    return DistributedDataParallel(model, device_ids=ids, **no_sync)
