@@ -51,6 +51,9 @@ def finetune(
     print_config: Annotated[bool, Opt("--print-config", help="Show the resolved config.")] = False,
     max_train_samples: Annotated[int | None, Opt("--max-train-samples")] = None,
     max_test_samples: Annotated[int | None, Opt("--max-test-samples")] = None,
+    folds: Annotated[
+        str | None, Opt("--folds", help="Few-shot: run these folds (e.g. 0-9), report mean ± std.")
+    ] = None,
     json_out: JsonOpt = False,
     cache_dir: CacheDirOpt = None,
 ) -> None:
@@ -58,6 +61,7 @@ def finetune(
     out_ = Output("finetune", json_out)
     from pointpeft_cli import settings
     from pointpeft_cli.engine.adapter import read_run_config
+    from pointpeft_cli.engine.folds import finetune_folds, parse_folds
     from pointpeft_cli.engine.rundir import RunDir, default_run_dir
     from pointpeft_cli.engine.train import TrainHooks
     from pointpeft_cli.engine.train import finetune as run_finetune
@@ -70,29 +74,49 @@ def finetune(
         "train.device": device, "data.max_train_samples": max_train_samples,
         "data.max_test_samples": max_test_samples,
     }  # fmt: skip
+    fold_list = parse_folds(folds) if folds else None
     if resume:
         if out is None:
             raise UsageError("--resume needs --out RUN_DIR", hint="pass the run to continue")
         if preset or sets or any(v is not None for v in flags.values()):
             raise UsageError("--resume continues with the run's saved config; drop other flags")
-        cfg, name = read_run_config(RunDir(out)), None
+        saved = out / f"fold-{fold_list[0]}" if fold_list else out
+        cfg, name = read_run_config(RunDir(saved)), None
     else:
         cfg, name = run_config(preset, sets, flags)
     if print_config:
         _print_config(out_, cfg)
         return
     run_path = out or default_run_dir(name or f"{cfg.model.backbone}-{cfg.data.task}")
+    root = settings.cache_root(cache_dir)
     with progress_bridge(out_) as progress:
         hooks = TrainHooks(progress=progress, on_epoch=lambda r: out_.info(_epoch_line(r)),
                            on_info=out_.info)  # fmt: skip
-        result = run_finetune(
-            cfg, run_path, cache_root=settings.cache_root(cache_dir), resume=resume, hooks=hooks
-        )
+        if fold_list:
+            summary = finetune_folds(cfg, run_path, fold_list, cache_root=root, resume=resume,
+                                     hooks=hooks)  # fmt: skip
+            _report_folds(out_, cfg, run_path, summary)
+            return
+        result = run_finetune(cfg, run_path, cache_root=root, resume=resume, hooks=hooks)
     from pointpeft_cli.engine.distributed import is_main_process
 
     if is_main_process():  # one result per torchrun launch
         payload = _payload(result, cfg)
         out_.result(payload, human=lambda c: _summary(c, payload), primary=str(result.run_dir))
+
+
+def _report_folds(out_: Output, cfg: Any, run_path: Path, summary: dict[str, Any]) -> None:
+    payload = {"run_dir": str(run_path), "method": cfg.train.method,
+               "backbone": cfg.model.backbone, "task": cfg.data.task, **summary}  # fmt: skip
+    mean, std = summary["accuracy_mean"], summary["accuracy_std"]
+    out_.result(
+        payload,
+        human=lambda c: c.print(
+            f"{len(summary['folds'])} folds: accuracy {mean:.2%} ± {std:.2%} "
+            f"({summary['selection']} epoch per fold) -> {run_path}/folds.json"
+        ),
+        primary=f"{mean:.4f} {std:.4f}",
+    )
 
 
 def _print_config(out_: Output, cfg: Any) -> None:
