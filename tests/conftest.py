@@ -55,6 +55,17 @@ def cache_home(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def official_pth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ONE full-size (116 MB) Point-MAE pretrain.pth in the upstream layout, shared by the suite."""
+    from tests.ckpt_factory import write_official_checkpoint
+
+    path = tmp_path_factory.getbasetemp() / "official" / "pretrain.pth"
+    if not path.exists():
+        write_official_checkpoint(path, layout="mae_pretrain", seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """`../shared` beside the checkout (design docs and real fixtures)."""
     here = Path(__file__).resolve().parents[1]

@@ -10,22 +10,12 @@ import pytest
 import torch
 
 from pointpeft_cli.store import registry
-from tests.ckpt_factory import write_official_checkpoint
 from tests.cli_helpers import run_cli
 from tests.http_server import serve_paths
 
 
 class Opaque:
     """Rebuilt only by full unpickling."""
-
-
-@pytest.fixture(scope="session")
-def official_pth(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The full-size official-layout pretrain.pth (shared with test_store_install via basetemp)."""
-    path = tmp_path_factory.getbasetemp() / "official" / "pretrain.pth"
-    if not path.exists():
-        write_official_checkpoint(path, layout="mae_pretrain", seed=0)
-    return path
 
 
 def _tree(root: Path) -> dict[str, str]:

@@ -29,17 +29,8 @@ from pointpeft_cli.store.checkpoint import load_checkpoint_state
 from pointpeft_cli.store.install import InstallOptions, install_asset
 from pointpeft_cli.store.layouts import load_layout
 from pointpeft_cli.store.maintenance import verify
-from tests.ckpt_factory import official_state_dict, write_official_checkpoint
+from tests.ckpt_factory import official_state_dict
 from tests.http_server import serve_paths
-
-
-@pytest.fixture(scope="session")
-def official_pth(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ONE full-size (116 MB) Point-MAE pretrain.pth in the upstream layout, shared by the suite."""
-    path = tmp_path_factory.getbasetemp() / "official" / "pretrain.pth"
-    if not path.exists():
-        write_official_checkpoint(path, layout="mae_pretrain", seed=0)
-    return path
 
 
 def snapshot(root: Path) -> dict[str, str]:
