@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -169,9 +170,17 @@ def test_torchrun_two_processes(tmp_path: Path, cache_home: Path) -> None:
         "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "pointpeft_cli",
         "finetune", *QUICK, "--epochs", "1", "--device", "cpu", "--out", str(out),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr.count("run directory:") == 1  # only rank 0 reports
+    # own process group, so a timeout also ends the workers torchrun started
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)  # fmt: skip
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+    assert stderr.count("run directory:") == 1  # only rank 0 reports
     (line,) = (out / "metrics.jsonl").read_text().splitlines()
     record = json.loads(line)
     single = _finetune(tmp_path / "single", "--epochs", "1")
