@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
@@ -52,6 +54,14 @@ class NetworkError(AssetUnavailableError, ConnectionError):
     """The download failed at the network level."""
 
 
+class StorageError(UsageError, OSError):
+    """A file or directory cannot be written: permissions, read-only filesystem, not a folder."""
+
+
+class DiskFullError(AssetUnavailableError, OSError):
+    """The disk (or quota) filled up during a write; what was being written was discarded."""
+
+
 class IntegrityError(PointPeftError):
     """Checksum/size mismatch, corrupt file, unexpected key layout, adapter-base mismatch."""
 
@@ -84,3 +94,42 @@ class RunInterrupted(PointPeftError):
     """The user interrupted a command; whatever was written is resumable."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
+
+
+def storage_error(
+    exc: OSError, path: object = None, verb: str | None = "cannot write"
+) -> PointPeftError | None:
+    """The user-facing error for a failed file-system call, or None when it is not a storage
+    problem (full disk, permissions, read-only file system, a file where a folder should be).
+
+    Args:
+        exc: The OSError raised.
+        path: The file being written (named instead of a temp file `exc` may name).
+        verb: How the message starts (None when it is not known whether it was a write).
+    """
+    if isinstance(exc, PointPeftError):  # already reported in the user's terms
+        return None
+    where = path if path is not None else exc.filename
+    reason = exc.strerror or str(exc)
+    head = " ".join(str(p) for p in (verb, where) if p is not None)
+    message = f"{head}: {reason}" if head else reason
+    err: PointPeftError
+    if exc.errno in _DISK_FULL:
+        err = DiskFullError(
+            message,
+            hint="free some space, or use another --cache-dir / --out; nothing half-written "
+            "was kept",
+        )
+    elif exc.errno in _UNWRITABLE:
+        err = StorageError(
+            message,
+            hint="choose a writable --out / --cache-dir (or fix the folder's permissions)",
+        )
+    else:
+        return None
+    err.errno = exc.errno  # type: ignore[attr-defined]  # still an OSError for callers
+    return err

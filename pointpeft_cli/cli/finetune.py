@@ -91,7 +91,7 @@ def finetune(
     root = settings.cache_root(cache_dir)
     with progress_bridge(out_) as progress:
         hooks = TrainHooks(progress=progress, on_epoch=lambda r: out_.info(_epoch_line(r)),
-                           on_info=out_.info)  # fmt: skip
+                           on_info=out_.info, on_warn=out_.warn)  # fmt: skip
         if fold_list:
             summary = finetune_folds(cfg, run_path, fold_list, cache_root=root, resume=resume,
                                      hooks=hooks)  # fmt: skip

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 
 @dataclass
@@ -28,6 +29,14 @@ STATE = _State()
 def stderr_console() -> Console:
     """A console bound to the current stderr (CliRunner swaps streams per invocation)."""
     return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def printable(text: str) -> str:
+    """`text` as valid Unicode: bytes of non-UTF-8 file names (surrogate escapes) become `\\xNN`."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that is not an escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _to_jsonable(value: Any) -> Any:
@@ -80,7 +89,7 @@ class Output:
 
     def warn(self, message: str) -> None:
         """A warning on stderr (shown even with -q)."""
-        self.console.print(f"[yellow]Warning:[/yellow] {message}")
+        self.console.print(f"[yellow]Warning:[/yellow] {escape(printable(message))}")
 
     @property
     def show_progress(self) -> bool:
@@ -136,10 +145,13 @@ def render_error(
     err_type: str, message: str, exit_code: int, hint: str | None, json_mode: bool | None = None
 ) -> None:
     """Report a failure: `Error:`/`Hint:` on stderr, and the JSON failure object with --json."""
+    message = printable(message)
+    hint = printable(hint) if hint else hint
     console = stderr_console()
-    console.print(f"[bold red]Error:[/bold red] {message}", markup=True, highlight=False)
+    # messages quote file names and shapes such as `[S, N, 3]`: never read them as markup
+    console.print(f"[bold red]Error:[/bold red] {escape(message)}", markup=True, highlight=False)
     if hint:
-        console.print(f"[bold]Hint:[/bold] {hint}", highlight=False)
+        console.print(f"[bold]Hint:[/bold] {escape(hint)}", highlight=False)
     current = STATE.current
     if json_mode is None:
         json_mode = current.json_mode if current is not None else "--json" in sys.argv[1:]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import h5py
 import numpy as np
 
 from pointpeft_cli.errors import AssetNotCachedError, CorruptFileError, DataError
+from pointpeft_cli.fsutil import atomic_path
 
 POINT_SUFFIXES = (".npy", ".txt", ".xyz", ".ply")
 
@@ -101,15 +101,12 @@ def processed_path(cache_root: Path, name: str, fingerprint: str) -> Path:
 
 @contextlib.contextmanager
 def atomic_h5(path: Path) -> Iterator[h5py.File]:
-    """Write an h5 file to a temp name beside ``path``; ``os.replace`` it only on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.incomplete")
-    try:
-        with h5py.File(tmp, "w") as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write an h5 file to a temp name beside ``path``; ``os.replace`` it only on success.
+
+    On failure nothing is left: no temp file, and no folder this call created.
+    """
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        yield f
 
 
 def read_h5_arrays(path: Path, keys: dict[str, int]) -> dict[str, np.ndarray]:

@@ -162,9 +162,6 @@ def obtain_bank(
     Returns:
         (bank, its cached path, whether it was built in this call).
     """
-    from pointpeft_cli.data.loader import make_loader
-
-    sampling = resolve_sampling(cfg)
     fingerprint = train_set.fingerprint()
     feature_cfg = bank_config(cfg, model)
     if weights.sha256 == RANDOM_INIT:  # the weights are whatever the seed initialised
@@ -173,6 +170,31 @@ def obtain_bank(
     path = bank_path(cache_root, key)
     if path.is_file():
         return load_bank(path), path, False
+    from pointpeft_cli.store.locking import asset_lock
+
+    # one builder per bank: a concurrent call waits, then reads the bank the first one wrote
+    with asset_lock(cache_root, f"memory-bank-{key}"):
+        if path.is_file():
+            return load_bank(path), path, False
+        for stale in path.parent.glob(f".{path.name}.*.incomplete"):  # left by a killed build
+            stale.unlink(missing_ok=True)
+        bank = _build_bank(model, train_set, cfg, weights, device, progress, feature_cfg)
+        save_bank(path, bank)
+    return bank, path, True
+
+
+def _build_bank(
+    model: Any,
+    train_set: Any,
+    cfg: RunConfig,
+    weights: BackboneWeights,
+    device: torch.device,
+    progress: Progress,
+    feature_cfg: dict[str, Any],
+) -> MemoryBank:
+    from pointpeft_cli.data.loader import make_loader
+
+    sampling = resolve_sampling(cfg)
     view = fixed_view(train_set, sampling.points)
     if len(view) == 0:
         raise DataError("the training split is empty", hint="check --data-dir / the subset size")
@@ -189,7 +211,7 @@ def obtain_bank(
         "backbone": cfg.model.backbone,
         "backbone_sha256": weights.sha256,
         "backbone_source": weights.source,
-        "dataset_fingerprint": fingerprint,
+        "dataset_fingerprint": train_set.fingerprint(),
         "task": cfg.data.task,
         "split": "train",
         "points": sampling.points,
@@ -197,9 +219,7 @@ def obtain_bank(
         "class_names": list(train_set.class_names),
         **feature_cfg,
     }
-    bank = MemoryBank(feats, labels, meta)
-    save_bank(path, bank)
-    return bank, path, True
+    return MemoryBank(feats, labels, meta)
 
 
 def task_spec(cfg: RunConfig) -> TaskSpec:

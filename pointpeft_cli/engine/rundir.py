@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from pointpeft_cli.config.schema import RunConfig
 from pointpeft_cli.errors import CorruptFileError, UsageError
-from pointpeft_cli.fsutil import atomic_write, atomic_write_json, atomic_write_text
+from pointpeft_cli.fsutil import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    sort_safetensors_metadata,
+)
 
 RUNS_DIR = Path("runs")
 
@@ -37,6 +44,52 @@ def latest_run(root: Path = RUNS_DIR) -> Path:
     return max(runs, key=lambda p: (p / "run.json").stat().st_mtime)
 
 
+def missing_dirs(path: Path) -> list[Path]:
+    """`path` and its ancestors that do not exist yet, deepest first (what a new run creates)."""
+    out: list[Path] = []
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def protocol(cfg: RunConfig, sampling: Any) -> dict[str, Any]:
+    """How results were produced (method.md decision 6)."""
+    return {
+        "points": sampling.points,
+        "num_group": sampling.num_group,
+        "group_size": sampling.group_size,
+        "train_sampling": "FPS to point_all, then a random subset of `points` (upstream)",
+        "test_sampling": "FPS of `points` from index 0, no augmentation",
+        "train_augment": cfg.data.train_augment,
+        "votes": cfg.eval.votes,
+        "seed": cfg.train.seed,
+        "selection": (
+            "best test accuracy over epochs (as the papers report)"
+            if cfg.train.select == "best"
+            else "last epoch"
+        ),
+        "checkpoint_select": cfg.train.select,
+        "memory_bank_exclude_self": bool(cfg.peft.get("exclude_self", False)),
+        "frozen_backbone_batchnorm": "eval mode (running statistics frozen)",
+        "epochs": cfg.train.epochs,
+        "batch_size": cfg.train.batch_size,
+    }
+
+
+def last_scores(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The test scores of the last evaluated epoch in a run's history."""
+    for record in reversed(history):
+        if "test_accuracy" in record:
+            return {
+                "epoch": record["epoch"],
+                "accuracy": record["test_accuracy"],
+                "mean_class_accuracy": record["test_mean_class_accuracy"],
+            }
+    return None
+
+
 class RunDir:
     """Paths and atomic writers of one run directory."""
 
@@ -57,13 +110,19 @@ class RunDir:
         return self.checkpoints / f"{which}.safetensors"
 
     def prepare(self, resume: bool) -> None:
-        """Creates the directory; a non-empty one is only reused with --resume."""
+        """Creates the directory; a non-empty one is only reused with --resume.
+
+        A resumed run first removes the temp files a killed process left behind (`.*.incomplete`:
+        never renamed, so never part of the run).
+        """
         if resume:
-            if not self.resume_state.is_file():
+            if not self.config.is_file():
                 raise UsageError(
-                    f"nothing to resume in {self.path}: no checkpoints/last.pt",
+                    f"nothing to resume in {self.path}: no config.yaml",
                     hint="start a new run without --resume",
                 )
+            self.sweep_partials()
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
             return
         if self.path.exists() and any(self.path.iterdir()):
             raise UsageError(
@@ -71,6 +130,35 @@ class RunDir:
                 hint="pass --resume to continue it, or choose another --out",
             )
         self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def sweep_partials(self) -> list[Path]:
+        """Removes temp files of interrupted atomic writes; returns what was removed."""
+        removed = []
+        for folder in (self.path, self.checkpoints):
+            for tmp in sorted(folder.glob(".*.incomplete")) if folder.is_dir() else ():
+                if tmp.is_file():
+                    tmp.unlink()
+                    removed.append(tmp)
+        return removed
+
+    def has_checkpoint(self) -> bool:
+        """Whether an epoch has been saved (what `--resume` continues from)."""
+        return self.resume_state.is_file()
+
+    def discard_unstarted(self, created: list[Path]) -> None:
+        """Removes what a new run wrote before it failed without saving an epoch.
+
+        Only pointpeft's own files are removed, then the directories in `created` (the run
+        directory and parents this run made) if they are empty.
+        """
+        for name in (self.config, self.metrics, self.run_json, self.bank):
+            name.unlink(missing_ok=True)
+        for which in ("best", "last"):
+            self.tensors(which).unlink(missing_ok=True)
+        self.sweep_partials()
+        for path in (self.checkpoints, *created):
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
 
     def write_text(self, path: Path, text: str) -> None:
         atomic_write_text(path, text)
@@ -98,7 +186,12 @@ class RunDir:
         self, which: str, tensors: dict[str, torch.Tensor], meta: dict[str, str]
     ) -> None:
         clean = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-        atomic_write(self.tensors(which), lambda tmp: save_file(clean, str(tmp), metadata=meta))
+
+        def write(tmp: Path) -> None:
+            save_file(clean, str(tmp), metadata=meta)
+            sort_safetensors_metadata(tmp)  # same tensors, same bytes
+
+        atomic_write(self.tensors(which), write)
 
     def load_tensors(self, which: str) -> dict[str, torch.Tensor]:
         path = self.tensors(which)
@@ -108,6 +201,10 @@ class RunDir:
             return load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types
             raise CorruptFileError(f"cannot read {path}: {exc}") from None
+
+    def copy_bank(self, source: Path) -> None:
+        """Copies the cached memory bank into the run (atomically)."""
+        atomic_write(self.bank, lambda tmp: shutil.copyfile(source, tmp))
 
     def save_resume(self, state: dict[str, Any]) -> None:
         atomic_write(self.resume_state, lambda tmp: torch.save(state, tmp))

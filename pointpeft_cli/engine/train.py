@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import platform
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from pointpeft_cli.engine.prepare import (
     obtain_bank,
     resolve_sampling,
 )
-from pointpeft_cli.engine.rundir import RunDir
+from pointpeft_cli.engine.rundir import RunDir, last_scores, missing_dirs, protocol
 from pointpeft_cli.engine.runtime import (
     amp_dtype,
     autocast,
@@ -42,8 +41,7 @@ from pointpeft_cli.engine.runtime import (
     set_deterministic,
 )
 from pointpeft_cli.engine.schedule import CosineWithWarmup
-from pointpeft_cli.errors import DataError, RunInterrupted, TrainingDiverged
-from pointpeft_cli.fsutil import atomic_write
+from pointpeft_cli.errors import DataError, PointPeftError, RunInterrupted, TrainingDiverged
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +57,7 @@ class TrainHooks:
     progress: Progress = _no_progress
     on_epoch: Callable[[dict[str, Any]], None] = lambda record: None
     on_info: Callable[[str], None] = lambda message: None
+    on_warn: Callable[[str], None] = log.warning
 
 
 @dataclass
@@ -125,6 +124,16 @@ def _step_inputs(loop: _Loop, batch: dict[str, torch.Tensor], gen: torch.Generat
     return points.to(dev), batch["label"].to(dev), batch["index"].to(dev)
 
 
+def _running_stats(model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(buffer, copy) of each running statistic a train-mode forward pass updates."""
+    return [
+        (buf, buf.clone())
+        for m in model.modules()
+        if m.training and getattr(m, "track_running_stats", False)
+        for buf in m.buffers(recurse=False)
+    ]
+
+
 def _train_epoch(loop: _Loop, epoch: int) -> dict[str, Any]:
     cfg = loop.cfg.train
     lr = loop.schedule.lr_at(epoch)
@@ -141,13 +150,21 @@ def _train_epoch(loop: _Loop, epoch: int) -> dict[str, Any]:
     start = time.perf_counter()
     for batch in loader:
         points, labels, index = _step_inputs(loop, batch, gen, rng)
+        # a skipped step must leave no trace: its forward pass also moved BatchNorm statistics
+        stats = _running_stats(loop.model) if cfg.nan_policy == "skip" else []
         with autocast(loop.device, loop.amp):
             logits = loop.wrapped(points, bank_exclude=index)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
         if not bool(torch.isfinite(loss)):
             if cfg.nan_policy == "skip":
+                with torch.no_grad():
+                    for buf, saved in stats:
+                        buf.copy_(saved)
                 skipped += 1
-                loop.hooks.on_info(f"non-finite loss at epoch {epoch + 1}: step skipped")
+                loop.hooks.on_warn(
+                    f"the loss became {loss.item()} at epoch {epoch + 1}; step skipped "
+                    "(train.nan_policy=skip)"
+                )
                 continue
             raise TrainingDiverged(
                 f"the loss became {loss.item()} at epoch {epoch + 1}; the run stopped",
@@ -233,21 +250,6 @@ def _run_epochs(loop: _Loop, start_epoch: int) -> None:
         D.barrier(loop.info)
 
 
-def _last_scores(history: list[dict[str, Any]]) -> dict[str, Any] | None:
-    for record in reversed(history):
-        if "test_accuracy" in record:
-            return {
-                "epoch": record["epoch"],
-                "accuracy": record["test_accuracy"],
-                "mean_class_accuracy": record["test_mean_class_accuracy"],
-            }
-    return None
-
-
-def _copy_bank(source: Path, dest: Path) -> None:
-    atomic_write(dest, lambda tmp: shutil.copyfile(source, tmp))
-
-
 def _setup(
     cfg: RunConfig, run: RunDir, cache_root: Path, info: D.DistInfo, hooks: TrainHooks
 ) -> tuple[_Loop, dict[str, Any]]:
@@ -280,7 +282,7 @@ def _setup(
             bank, path, built = obtain_bank(model, train_set, cfg, weights, cache_root, device)
         model.set_memory_bank(bank.tensor(device))
         if info.is_main:
-            _copy_bank(path, run.bank)
+            run.copy_bank(path)
         bank_info = {"used": True, "cached_path": str(path), "built": built,
                      "num_samples": bank.num_samples, "feature_dim": bank.feature_dim}  # fmt: skip
     from pointpeft_cli.peft.trainable import count_parameters, param_groups
@@ -316,30 +318,6 @@ def _setup(
     return loop, facts
 
 
-def protocol(cfg: RunConfig, sampling: Sampling) -> dict[str, Any]:
-    """How results were produced (method.md decision 6)."""
-    return {
-        "points": sampling.points,
-        "num_group": sampling.num_group,
-        "group_size": sampling.group_size,
-        "train_sampling": "FPS to point_all, then a random subset of `points` (upstream)",
-        "test_sampling": "FPS of `points` from index 0, no augmentation",
-        "train_augment": cfg.data.train_augment,
-        "votes": cfg.eval.votes,
-        "seed": cfg.train.seed,
-        "selection": (
-            "best test accuracy over epochs (as the papers report)"
-            if cfg.train.select == "best"
-            else "last epoch"
-        ),
-        "checkpoint_select": cfg.train.select,
-        "memory_bank_exclude_self": bool(cfg.peft.get("exclude_self", False)),
-        "frozen_backbone_batchnorm": "eval mode (running statistics frozen)",
-        "epochs": cfg.train.epochs,
-        "batch_size": cfg.train.batch_size,
-    }
-
-
 def _run_json(loop: _Loop, facts: dict[str, Any], status: str, seconds: float) -> dict[str, Any]:
     return {
         "status": status,
@@ -351,10 +329,72 @@ def _run_json(loop: _Loop, facts: dict[str, Any], status: str, seconds: float) -
         "protocol": protocol(loop.cfg, loop.sampling),
         "epochs_completed": len(loop.history),
         "best": loop.best,
-        "last": _last_scores(loop.history),
+        "last": last_scores(loop.history),
         "seconds": seconds,
         **facts,
     }
+
+
+def _restore(
+    loop: _Loop, run: RunDir, state: dict[str, Any] | None, hooks: TrainHooks
+) -> tuple[int, float]:
+    """Applies the resume state; returns (first epoch to run, seconds already spent)."""
+    if state is None:  # killed before its first epoch ended: start it again
+        hooks.on_info(f"{run.path} has no finished epoch yet; starting it from epoch 1")
+        return 0, 0.0
+    loop.model.load_trainable_state_dict(state["model"])
+    loop.optimizer.load_state_dict(state["optimizer"])
+    loop.scaler.load_state_dict(state["scaler"])
+    loop.history, loop.best = list(state["history"]), state["best"]
+    start_epoch = int(state["epoch"])
+    spent = 0.0
+    if loop.info.is_main:
+        run.write_metrics(loop.history)  # a kill may have come between the state and metrics
+        if run.run_json.is_file():
+            spent = float(run.read_run_json().get("seconds", 0.0))
+    hooks.on_info(f"resuming {run.path} after epoch {start_epoch}")
+    return start_epoch, spent
+
+
+def _train(
+    cfg: RunConfig, run: RunDir, cache_root: Path, info: D.DistInfo, hooks: TrainHooks, resume: bool
+) -> FinetuneResult:
+    # a damaged resume state is reported before the data and the memory bank are prepared
+    state = run.load_resume() if resume and run.has_checkpoint() else None
+    loop, facts = _setup(cfg, run, cache_root, info, hooks)
+    start_epoch, spent = _restore(loop, run, state, hooks) if resume else (0, 0.0)
+    if info.is_main:
+        run.write_run_json(_run_json(loop, facts, "running", spent))
+    started = time.perf_counter()
+    try:
+        _run_epochs(loop, start_epoch)
+    except KeyboardInterrupt:
+        if info.is_main:
+            elapsed = spent + time.perf_counter() - started
+            run.write_run_json(_run_json(loop, facts, "interrupted", elapsed))
+        raise RunInterrupted(
+            f"interrupted after {len(loop.history)} of {cfg.train.epochs} epochs",
+            hint=f"continue with `pointpeft finetune --resume --out {run.path}`",
+        ) from None
+    except TrainingDiverged:
+        if info.is_main:
+            elapsed = spent + time.perf_counter() - started
+            run.write_run_json(_run_json(loop, facts, "diverged", elapsed))
+        raise
+    seconds = spent + time.perf_counter() - started
+    if info.is_main:
+        run.write_run_json(_run_json(loop, facts, "complete", seconds))
+    sps = [r["samples_per_second"] for r in loop.history if r.get("samples_per_second")]
+    return FinetuneResult(
+        run_dir=run.path,
+        epochs=len(loop.history),
+        best=loop.best,
+        last=last_scores(loop.history),
+        params=facts["params"],
+        seconds=seconds,
+        train_samples_per_second=float(np.mean(sps)) if sps else 0.0,
+        history=loop.history,
+    )
 
 
 def finetune(
@@ -365,57 +405,28 @@ def finetune(
     resume: bool = False,
     hooks: TrainHooks | None = None,
 ) -> FinetuneResult:
-    """Fine-tunes as `cfg` says and writes the run directory (cli.md); resumable at epoch ends."""
+    """Fine-tunes as `cfg` says and writes the run directory (cli.md); resumable at epoch ends.
+
+    The resolved config is written first, so `--resume` also continues a run that was killed
+    before its first epoch ended. A new run that fails with an error before saving an epoch
+    removes what it wrote (interrupts keep it, to resume).
+    """
     hooks = hooks or TrainHooks()
     info = D.init_from_env(cfg.train.device)
     run = RunDir(run_path)
+    created = [] if resume else missing_dirs(run.path)
+    prepared = False
     try:
         if info.is_main:
             run.prepare(resume)
-        D.barrier(info)
-        loop, facts = _setup(cfg, run, cache_root, info, hooks)
-        start_epoch, spent = 0, 0.0
-        if resume:
-            state = run.load_resume()
-            loop.model.load_trainable_state_dict(state["model"])
-            loop.optimizer.load_state_dict(state["optimizer"])
-            loop.scaler.load_state_dict(state["scaler"])
-            loop.history, loop.best = list(state["history"]), state["best"]
-            start_epoch = int(state["epoch"])
-            spent = float(run.read_run_json().get("seconds", 0.0)) if info.is_main else 0.0
-            hooks.on_info(f"resuming {run.path} after epoch {start_epoch}")
-        if info.is_main:
+            prepared = True
             run.write_text(run.config, dump_config(cfg))
-            run.write_run_json(_run_json(loop, facts, "running", spent))
-        started = time.perf_counter()
-        try:
-            _run_epochs(loop, start_epoch)
-        except KeyboardInterrupt:
-            if info.is_main:
-                elapsed = spent + time.perf_counter() - started
-                run.write_run_json(_run_json(loop, facts, "interrupted", elapsed))
-            raise RunInterrupted(
-                f"interrupted after {len(loop.history)} of {cfg.train.epochs} epochs",
-                hint=f"continue with `pointpeft finetune --resume --out {run.path}`",
-            ) from None
-        except TrainingDiverged:
-            if info.is_main:
-                elapsed = spent + time.perf_counter() - started
-                run.write_run_json(_run_json(loop, facts, "diverged", elapsed))
-            raise
-        seconds = spent + time.perf_counter() - started
-        if info.is_main:
-            run.write_run_json(_run_json(loop, facts, "complete", seconds))
-        sps = [r["samples_per_second"] for r in loop.history if r.get("samples_per_second")]
-        return FinetuneResult(
-            run_dir=run.path,
-            epochs=len(loop.history),
-            best=loop.best,
-            last=_last_scores(loop.history),
-            params=facts["params"],
-            seconds=seconds,
-            train_samples_per_second=float(np.mean(sps)) if sps else 0.0,
-            history=loop.history,
-        )
+        D.barrier(info)
+        return _train(cfg, run, cache_root, info, hooks, resume)
+    except (PointPeftError, OSError) as exc:
+        unstarted = prepared and not resume and not run.has_checkpoint()
+        if unstarted and not isinstance(exc, RunInterrupted):
+            run.discard_unstarted(created)
+        raise
     finally:
         D.shutdown(info)

@@ -124,6 +124,32 @@ def commit_dir(staged: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def recover_interrupted(root: Path, asset: Asset) -> bool:
+    """Clean up after a process that was killed while installing `asset` (hold its lock).
+
+    A kill between the two renames of `commit_dir` leaves the previous complete copy under its
+    `.old` name and nothing at the final path: that copy is put back. Staging directories of
+    killed installs are removed. Partial downloads (inside the asset directory) are kept, for
+    the next download to resume.
+
+    Returns:
+        True when a previous copy was restored.
+    """
+    final = asset_dir(root, asset)
+    parent = final.parent
+    restored = False
+    if not parent.is_dir():
+        return restored
+    for old in sorted(parent.glob(f".{asset.id}.*.old{PARTIAL_SUFFIX}")):
+        if not final.exists() and read_manifest(old) is not None:
+            os.replace(old, final)
+            restored = True
+    for stale in parent.glob(f".{asset.id}.*{PARTIAL_SUFFIX}"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    return restored
+
+
 def ensure_free_space(directory: Path, needed: int, what: str) -> None:
     """Raise AssetUnavailableError (exit 3) when the filesystem of `directory` lacks `needed` B."""
     probe = directory

@@ -19,6 +19,7 @@ from pointpeft_cli.errors import (
     UnsafeFileError,
     UsageError,
 )
+from pointpeft_cli.fsutil import sort_safetensors_metadata
 from pointpeft_cli.store.cache import (
     PARTIAL_SUFFIX,
     asset_path,
@@ -169,6 +170,7 @@ def write_safetensors(
     tmp = dest.with_name(f"{dest.name}.{short_id()}{PARTIAL_SUFFIX}")
     try:
         save_file(tensors, str(tmp), metadata={"format": "pt", **metadata})
+        sort_safetensors_metadata(tmp)  # identical tensors give identical bytes
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

@@ -19,6 +19,7 @@ from pointpeft_cli.store.cache import (
     manifest_files,
     new_staging,
     read_manifest,
+    recover_interrupted,
     write_manifest,
 )
 from pointpeft_cli.store.checkpoint import (
@@ -236,6 +237,7 @@ def _install_locked(
     asset: Asset, src: Source, root: Path, opts: InstallOptions, progress: Any, waited: bool
 ) -> InstallResult:
     final = asset_dir(root, asset)
+    recover_interrupted(root, asset)  # a killed install's leftovers (we hold the lock)
     existing = read_manifest(final)
     if existing is not None and not opts.force and opts.source is None:
         return _cached(asset, final, existing, waited)
