@@ -81,6 +81,9 @@ def test_merge_order() -> None:
         ("train.epochs=abc", "must be int", None),
         ("train.epochs=0", "must be >= 1", None),
         ("train.lr=-1", "must be > 0", None),
+        ("model.num_group=0", "must be >= 1", None),
+        ("train.grad_clip=.nan", "finite", None),
+        ("train.weight_decay=.inf", "finite", None),
     ],
 )
 def test_bad_overrides(override: str, fragment: str, suggestion: str | None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -191,7 +192,22 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     return cfg
 
 
+def _check_finite(cfg: RunConfig) -> None:
+    for section in ("data", "model", "memory_bank", "train", "eval"):
+        for f in dataclasses.fields(getattr(cfg, section)):
+            value = getattr(getattr(cfg, section), f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section}.{f.name} must be a finite number, got {value}")
+
+
 def _check_ranges(cfg: RunConfig) -> None:
+    _check_finite(cfg)
+    for path, value in (
+        ("model.num_group", cfg.model.num_group),
+        ("model.group_size", cfg.model.group_size),
+    ):
+        if value is not None and value < 1:
+            raise ConfigError(f"{path} must be >= 1, got {value}", hint="or null for the default")
     positive = {
         "train.epochs": cfg.train.epochs,
         "train.batch_size": cfg.train.batch_size,
