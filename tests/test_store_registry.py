@@ -12,10 +12,12 @@ from pointpeft_cli.tasks import TASKS
 
 def test_every_entry_is_complete() -> None:
     for key, asset in ASSETS.items():
-        assert asset.id == key and asset.kind in ("checkpoint", "dataset")
+        assert asset.id == key and asset.kind in ("checkpoint", "dataset", "embedded")
         assert asset.title and asset.license and asset.howto
         if asset.kind == "checkpoint":
             assert asset.file.layout and asset.url  # verified by layout, fetched by URL
+        elif asset.kind == "embedded":  # ships in the package: pinned by size and sha256
+            assert asset.file.sha256 and len(asset.file.sha256) == 64 and asset.file.size
         else:
             assert asset.required
 

@@ -13,7 +13,7 @@ from typer.exceptions import TyperException
 
 from pointpeft_cli import __version__, settings
 from pointpeft_cli.cli.output import STATE, render_error
-from pointpeft_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, PointPeftError
+from pointpeft_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, PointPeftError, storage_error
 
 
 def _debug_enabled() -> bool:
@@ -25,6 +25,12 @@ def _fail(exc: BaseException, code: int, message: str, hint: str | None) -> type
         traceback.print_exception(exc, file=sys.stderr)
     render_error(type(exc).__name__, message, code, hint)
     return typer.Exit(code)
+
+
+def _internal(exc: BaseException) -> typer.Exit:
+    hint = "re-run with POINTPEFT_DEBUG=1 for the traceback, and report it"
+    first = repr(exc).splitlines()[0] if repr(exc) else type(exc).__name__
+    return _fail(exc, EXIT_INTERNAL, f"internal error: {first}", hint)
 
 
 class PointPeftGroup(TyperGroup):
@@ -41,9 +47,13 @@ class PointPeftGroup(TyperGroup):
             ) from None
         except (typer.Exit, typer.Abort, TyperException):
             raise
+        except OSError as exc:
+            err = storage_error(exc, verb=None)  # a read or a write: name the path
+            if err is None:
+                raise _internal(exc) from None
+            raise _fail(exc, err.exit_code, err.message, err.hint) from None
         except Exception as exc:
-            hint = "re-run with POINTPEFT_DEBUG=1 for the traceback, and report it"
-            raise _fail(exc, EXIT_INTERNAL, f"internal error: {exc!r}", hint) from None
+            raise _internal(exc) from None
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         standalone = kwargs.pop("standalone_mode", True)
@@ -142,6 +152,9 @@ app.command("predict", epilog=_predict.EXAMPLES)(_predict.predict)
 from pointpeft_cli.cli import inspect as _inspect  # noqa: E402
 
 app.command("inspect", epilog=_inspect.EXAMPLES)(_inspect.inspect)
+from pointpeft_cli.cli import pretrain as _pretrain  # noqa: E402
+
+app.command("pretrain", epilog=_pretrain.EXAMPLES)(_pretrain.pretrain)
 # (end of command registration)
 
 

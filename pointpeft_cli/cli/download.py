@@ -49,17 +49,24 @@ def _size(n: int | None) -> str:
 
 
 def _list(out: Output, cache_dir: Any) -> None:
+    from pointpeft_cli.engine.weights import embedded_weights_path
     from pointpeft_cli.store.cache import asset_dir, read_manifest
     from pointpeft_cli.store.registry import ASSETS
 
     root = settings.cache_root(cache_dir)
+
+    def present(a: Any) -> bool:
+        if a.kind == "embedded":  # ships inside the package
+            return embedded_weights_path(a.id) is not None
+        return read_manifest(asset_dir(root, a)) is not None
+
     rows = [
         {
             "id": a.id,
             "kind": a.kind,
             "title": a.title,
             "bytes": a.file.size,
-            "cached": read_manifest(asset_dir(root, a)) is not None,
+            "cached": present(a),
             "license": a.license,
             "url": a.url,
             "howto": a.howto,
@@ -72,7 +79,13 @@ def _list(out: Output, cache_dir: Any) -> None:
 
         table = Table("asset", "kind", "size", "cached", "source", "licence", box=None)
         for r in rows:
-            source = "download" if r["url"] else "manual: --from PATH"
+            source = (
+                "ships in package"
+                if r["kind"] == "embedded"
+                else "download"
+                if r["url"]
+                else "manual: --from PATH"
+            )
             cached = "[green]yes[/green]" if r["cached"] else "no"
             table.add_row(r["id"], r["kind"], _size(r["bytes"]), cached, source, r["license"])
         console.print(table)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from pointpeft_cli.errors import AssetNotCachedError
+from pointpeft_cli.errors import AssetNotCachedError, ChecksumMismatchError, CorruptFileError
 from pointpeft_cli.store.hashing import sha256_file
 
 RANDOM_INIT = "random-init"
@@ -26,6 +26,45 @@ def embedded_weights_path(backbone: str) -> Path | None:
     """The weights file shipped inside the package for `backbone`, if one exists."""
     path = Path(__file__).resolve().parents[1] / "assets" / f"{backbone}.safetensors"
     return path if path.is_file() else None
+
+
+def _float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # Shipped weights are float16 to stay small; the model computes in float32.
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def load_embedded(backbone: str) -> BackboneWeights:
+    """The package's own weights for `backbone`, verified against the registry's sha256.
+
+    Raises:
+        CorruptFileError: the registry names embedded weights the installation lacks (exit 4).
+        ChecksumMismatchError: the shipped file differs from the registry's sha256 (exit 4).
+        AssetNotCachedError: no embedded weights exist for `backbone` (exit 3).
+    """
+    from pointpeft_cli.store.checkpoint import read_torch_checkpoint
+    from pointpeft_cli.store.registry import ASSETS
+
+    path = embedded_weights_path(backbone)
+    asset = ASSETS.get(backbone)
+    pinned = asset.file.sha256 if asset is not None and asset.kind == "embedded" else None
+    if path is None:
+        if pinned is not None:
+            raise CorruptFileError(
+                f"the installed package lacks its embedded {backbone} weights "
+                f"(pointpeft_cli/assets/{backbone}.safetensors)",
+                hint="reinstall pointpeft, or rebuild them with `pointpeft pretrain`",
+            )
+        raise AssetNotCachedError(f"no embedded weights for {backbone}")
+    digest = sha256_file(path)
+    if pinned is not None and digest != pinned:
+        raise ChecksumMismatchError(
+            f"{path} does not match the sha256 in the registry ({digest[:12]}... != "
+            f"{pinned[:12]}...)",
+            hint="reinstall pointpeft; a locally rebuilt file can be used with "
+            "--set model.checkpoint=FILE",
+        )
+    state = _float32(read_torch_checkpoint(path))
+    return BackboneWeights(state, digest, f"embedded:{path.name}")
 
 
 def resolve_weights(
@@ -56,16 +95,15 @@ def resolve_weights(
             raise AssetNotCachedError(
                 f"checkpoint {path} does not exist", hint="check --set model.checkpoint=FILE"
             )
-        state = read_torch_checkpoint(path, trust_pickle=trust_pickle)
+        state = _float32(read_torch_checkpoint(path, trust_pickle=trust_pickle))
         return BackboneWeights(state, sha256_file(path), str(path))
     if not pretrained:
         return BackboneWeights(None, RANDOM_INIT, RANDOM_INIT)
-    embedded = embedded_weights_path(backbone)
-    if embedded is not None:
-        state = read_torch_checkpoint(embedded)
-        return BackboneWeights(state, sha256_file(embedded), f"embedded:{embedded.name}")
     from pointpeft_cli.store.registry import ASSETS
 
+    embedded_entry = backbone in ASSETS and ASSETS[backbone].kind == "embedded"
+    if embedded_entry or embedded_weights_path(backbone) is not None:
+        return load_embedded(backbone)
     if backbone not in ASSETS:
         raise AssetNotCachedError(
             f"no pre-trained weights are available for {backbone}",

@@ -14,7 +14,13 @@ def point_mae() -> BackboneConfig:
 
 @register_model("point-mae-mini")
 def point_mae_mini() -> BackboneConfig:
-    """The embedded default: the Point-MAE architecture at half width and half depth."""
+    """The embedded default: the Point-MAE architecture at half width and half depth.
+
+    Sized so that pre-training on 2 CPU cores takes well under an hour and the default
+    fine-tuning a few minutes. The class head's hidden width (48, upstream 256 for width 384)
+    keeps Point-PEFT under 5 % trainable parameters (about 4.8 % for 12 classes); pre-training
+    does not use the head, so it does not change the shipped weights.
+    """
     return BackboneConfig(
         family="point-mae",
         trans_dim=192,
@@ -23,4 +29,5 @@ def point_mae_mini() -> BackboneConfig:
         encoder_dims=192,
         encoder_widths=(64, 128, 256),
         pos_hidden=64,
+        head_hidden=48,
     )

@@ -110,6 +110,20 @@ ASSETS: dict[str, Asset] = {
             "`pointpeft download point-bert --from Point-BERT.pth`",
         ),
         Asset(
+            id="point-mae-mini",
+            kind="embedded",
+            title="point-mae-mini pre-trained by pointpeft on the procedural shapes (fp16 encoder)",
+            file=FileSpec(
+                "point-mae-mini.safetensors",
+                size=5_617_376,
+                sha256="7eac90eba4ad5ff6322922d618bdc91e5926ec5cf1233b3d11f55b85f7660443",
+            ),
+            license="MIT (pointpeft)",
+            howto="ships inside the package (pointpeft_cli/assets/); rebuild it with "
+            "`pointpeft pretrain --preset pretrain_point_mae_mini --out runs/pretrain-mini` "
+            "(its encoder-fp16.safetensors)",
+        ),
+        Asset(
             id="modelnet40",
             kind="dataset",
             title="ModelNet40 resampled point clouds (PointNet++ text release, 10k points/shape)",
