@@ -39,8 +39,44 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
+class _RecomputedAttention(torch.autograd.Function):
+    """CPU flash attention that saves q, k, v and the log-sum-exp but not the output.
+
+    The backward kernel needs the output; it is recomputed (one more attention forward, a few
+    percent of a block) with the same kernel and inputs, so the gradients are bit-identical to
+    `scaled_dot_product_attention`'s, while each block keeps 1/4 fewer attention activations.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # type: ignore[override]
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
+        ctx.save_for_backward(q, k, v, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        q, k, v, lse = ctx.saved_tensors
+        out, _ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad.contiguous(), q, k, v, out, lse, 0.0, False
+        )
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, recompute: bool) -> Tensor:
+    """`scaled_dot_product_attention(q, k, v)`; with `recompute` on CPU under autograd, the
+    output is recomputed in backward instead of saved (`_RecomputedAttention`)."""
+    if recompute and q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
+        return _RecomputedAttention.apply(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v)  # default scale = head_dim ** -0.5
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention (qkv without bias) computed by `scaled_dot_product_attention`."""
+    """Multi-head self-attention (qkv without bias) computed by `scaled_dot_product_attention`.
+
+    With a frozen qkv weight (Point-PEFT, linear probing) the attention output is recomputed in
+    backward instead of saved: nothing else needs it, and a frozen backbone's training memory
+    is mostly such saved activations. Full fine-tuning keeps the plain kernel.
+    """
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -55,7 +91,7 @@ class Attention(nn.Module):
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)  # default scale = head_dim ** -0.5
+        out = attention(q, k, v, recompute=not self.qkv.weight.requires_grad)
         out = out.transpose(1, 2).reshape(b, n, c)
         return F.linear(out, self.proj.weight, self.proj.bias if proj_bias is None else proj_bias)
 

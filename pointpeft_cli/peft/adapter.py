@@ -6,11 +6,13 @@ trainability structurally: all parameters of a `PeftModule` train under `point-p
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 if TYPE_CHECKING:
     from pointpeft_cli.models.transformer import Block
@@ -141,6 +143,58 @@ def group_max(x: Tensor) -> Tensor:
     return _GroupMax.apply(x)
 
 
+def _local_pool(
+    x: Tensor, flat_idx: Tensor, keep: Tensor | None, local: tuple[nn.Module, nn.Module], k: int
+) -> Tensor:
+    """Members + DropPath(attn1(norm3(members))), max-pooled per group -> `[B * G2, C]`."""
+    norm3, attn1 = local
+    c = x.shape[-1]
+    # LayerNorm and qkv act row by row, so computing them before the gather is the same maths on
+    # 8x fewer rows, and the gathered tensor is 54 wide instead of C.
+    qkv = take_rows(attn1.qkv(norm3(x)), flat_idx).view(-1, k, 3 * attn1.inner)
+    heads = attn1.heads(qkv)  # [B*G2, K, inner]
+    # members + DropPath(proj(heads)) as one GEMM into the gathered members: the per-group mask
+    # scales the heads and, as an extra input column, the proj bias.
+    ones = heads.new_ones(heads.shape[0], k, 1)
+    if keep is not None:
+        heads, ones = heads * keep.unsqueeze(1), ones * keep.unsqueeze(1)
+    lhs = torch.cat([heads, ones], dim=-1).view(-1, attn1.inner + 1)
+    rhs = torch.cat([attn1.proj.weight.t(), attn1.proj.bias.unsqueeze(0)], dim=0)
+    members = take_rows(x, flat_idx)  # in-place GEMM: cast in case autocast is on
+    members = members.addmm_(lhs.to(members.dtype), rhs.to(members.dtype))
+    return group_max(members.view(-1, k, c))
+
+
+def _propagate(
+    x: Tensor,
+    normed: Tensor,
+    flat_center: Tensor,
+    weights: Tensor,
+    num_prompt: int,
+    modules: tuple[nn.Module, nn.Module],
+    coefs: tuple[float, float],
+) -> Tensor:
+    """Activate the pooled groups, add centre rows, propagate, then `adapter1` on cls + tokens."""
+    act, adapter1 = modules
+    center_cof, propagate_cof = coefs
+    b, _, c = x.shape
+    vis = act(normed).view(b, -1, c) + center_cof * take_rows(x, flat_center).view(b, -1, c)
+    tokens = x[:, 1 + num_prompt :] + propagate_cof * torch.bmm(weights, vis)
+    return adapter1(torch.cat([x[:, :1], tokens], dim=1))
+
+
+def _run(fn, *args, recompute: bool) -> Tensor:  # type: ignore[no-untyped-def]
+    """`fn(*args)`, recomputed in backward instead of saving its activations when training.
+
+    Non-reentrant checkpointing keeps only the inputs (the block output `x`, indices, small
+    tensors) and re-runs the memory-bound segment in backward with the RNG state restored, so
+    values and gradients are bit-identical to the plain call.
+    """
+    if recompute and torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
 def geometry_update(
     block: Block,
     x: Tensor,
@@ -148,6 +202,7 @@ def geometry_update(
     level: GeometryLevel,
     local: tuple[nn.Module, nn.Module],
     coefs: tuple[float, float],
+    recompute: bool = True,
 ) -> Tensor:
     """The geometry-aware adapter after a block's MLP branch (method.md §3.4-3.7, fixed).
 
@@ -158,37 +213,31 @@ def geometry_update(
     tokens; the prompts are dropped (they are discarded after every block, so transforming them
     would be wasted work).
 
+    The two segments around `out_transform`'s BatchNorm (which updates running statistics and so
+    must run once) are recomputed in backward when `recompute` is on: they are cheap and
+    memory-bound, while what they would save is about a fifth of Point-PEFT's activations
+    (the gathered members, local attention, norm3 output, adapter1 input).
+
     Args:
         block: the block whose `out_transform` / `adapter1` / `drop_path` are used.
-        x: `[B, 1 + T + G, C]` = cls, T prompts, G tokens.
+        x: `[B, 1 + T + G, C]` = cls, T prompts, G tokens (contiguous).
         num_prompt: T (0 in unprompted layers).
         level: second-level grouping over these rows and its propagation weights.
         local: the shared `(norm3, attn1)`.
         coefs: `(center_cof, propagate_cof)`.
+        recompute: trade the segments' saved activations for a re-run in backward.
 
     Returns:
         `[B, 1 + G, C]`.
     """
-    norm3, attn1 = local
-    center_cof, propagate_cof = coefs
-    cls, rows = x[:, :1], x[:, 1:]
-    b, _, c = rows.shape
-    g2, k = level.groups, level.size
-    # LayerNorm and qkv act row by row, so computing them before the gather is the same maths on
-    # 8x fewer rows, and the gathered tensor is 54 wide instead of C.
-    qkv = take_rows(attn1.qkv(norm3(rows)), level.flat_idx).view(b * g2, k, -1)
-    heads = attn1.heads(qkv)  # [B*G2, K, inner]
-    # members + DropPath(proj(heads)) as one GEMM into the gathered members: the per-group mask
-    # scales the heads and, as an extra input column, the proj bias.
-    keep = block.drop_path.sample_mask(b * g2, heads)
-    ones = heads.new_ones(b * g2, k, 1)
-    if keep is not None:
-        heads, ones = heads * keep.unsqueeze(1), ones * keep.unsqueeze(1)
-    lhs = torch.cat([heads, ones], dim=-1).view(b * g2 * k, -1)
-    rhs = torch.cat([attn1.proj.weight.t(), attn1.proj.bias.unsqueeze(0)], dim=0)
-    members = take_rows(rows, level.flat_idx)  # in-place GEMM: cast in case autocast is on
-    members = members.addmm_(lhs.to(members.dtype), rhs.to(members.dtype))
-    pooled = block.out_transform(group_max(members.view(b * g2, k, c))).view(b, g2, c)
-    vis = pooled + center_cof * take_rows(rows, level.flat_center).view(b, g2, c)
-    tokens = rows[:, num_prompt:] + propagate_cof * torch.bmm(level.weights, vis)
-    return block.adapter1(torch.cat([cls, tokens], dim=1))
+    x = x.contiguous()
+    b = x.shape[0]
+    keep = block.drop_path.sample_mask(b * level.groups, x)
+    pooled = _run(
+        partial(_local_pool, local=local, k=level.size),
+        x, level.flat_idx, keep, recompute=recompute,
+    )  # fmt: skip
+    bn, act = block.out_transform  # the GELU is recomputed with the second segment
+    modules = (act, block.adapter1)
+    fn = partial(_propagate, num_prompt=num_prompt, modules=modules, coefs=coefs)
+    return _run(fn, x, bn(pooled), level.flat_center, level.weights, recompute=recompute)

@@ -32,8 +32,9 @@ class GeometryLevel:
 
     Attributes:
         flat_idx: `[B * G2 * K]` member rows of each group (nearest first, centre included),
-            as batch-flattened row indices `b * R + r`.
-        flat_center: `[B * G2]` the row at each group's centre, batch-flattened.
+            as row indices into the flattened block input `[cls, rows]`: `b * (R + 1) + 1 + r`
+            (gathering straight from the block's tensor needs no copy without the cls row).
+        flat_center: `[B * G2]` the row at each group's centre, indexed the same way.
         weights: `[B, G, G2]` inverse-distance weights from group centres to the G tokens.
         groups: G2. size: K.
     """
@@ -61,7 +62,8 @@ def make_level(positions: Tensor, targets: Tensor, groups: int, size: int, eps: 
     sources = gather_points(positions, center_idx)
     _, idx = knn(positions.detach(), sources.detach(), size)
     weights = inverse_distance_weights(targets, sources, eps=eps)
-    offset = torch.arange(positions.shape[0], device=positions.device).unsqueeze(1) * rows
+    # + 1 skips each sample's cls row in the block input [cls, rows]
+    offset = torch.arange(positions.shape[0], device=positions.device).unsqueeze(1) * (rows + 1) + 1
     flat_idx = (idx.flatten(1) + offset).reshape(-1)
     flat_center = (center_idx + offset).reshape(-1)
     return GeometryLevel(flat_idx, flat_center, weights, groups, size)

@@ -1,0 +1,341 @@
+"""Training-step cost of Point-PEFT vs full fine-tuning vs linear probing at paper size.
+
+Paper-size Point-MAE (random weights; cost does not depend on values) at the ScanObjectNN
+config (2048 points, 128 x 32 groups, 15 classes, bank 2309 rows) and the ModelNet40 config
+(1024 points, 64 x 32 groups, 40 classes, bank 9843 rows), batch 32. One step = forward,
+cross-entropy, backward, gradient clipping (10) and AdamW over the trainable parameters, as
+`pointpeft finetune` runs it; sampling and augmentation stay outside the step.
+
+Each (config, method) runs in its own process, methods alternate within a round and the order
+flips every round, so machine load hits all methods alike. Per process: the median step time
+over the warm steps, and the peak RSS above the RSS just before the first step (CPU) or
+`torch.cuda.max_memory_allocated` (GPU). FLOPs come from one extra step under
+`torch.utils.flop_counter.FlopCounterMode` (matmul-type ops only).
+
+    python bench/train_step.py [--rounds 3] [--steps 6] [--configs scan,modelnet]
+        [--methods point-peft,full,linear] [--threads 2] [--device cpu]
+
+Writes `bench/out/train_step.json` and `bench/out/train_step.md` (stem set by `--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from common import (
+    CONFIGS,
+    load_average,
+    machine_info,
+    matmul_peak_gflops,
+    median,
+    peak_rss_mib,
+    random_bank,
+    random_clouds,
+    reset_peak_rss,
+    rss_mib,
+    run_worker,
+    write_outputs,
+)
+
+BATCH = 32
+METHODS = ("point-peft", "full", "linear")
+ANCHORS = {  # original code, same protocol and machine type (original-baseline.md)
+    "scan": {"released": 24.2, "no_grad": 18.8, "full": 7.54},
+    "modelnet": {"released": 9.45, "no_grad": 5.66, "full": 3.45},
+}
+
+
+def build(config: str, method: str, device: str, seed: int = 0) -> torch.nn.Module:
+    """The paper-size Point-MAE classifier for `config`, bank attached for Point-PEFT."""
+    from pointpeft_cli.models.registry import create_model
+
+    spec = CONFIGS[config]
+    torch.manual_seed(seed)
+    model = create_model(
+        "point-mae",
+        num_classes=spec["classes"],
+        method=method,
+        num_group=spec["groups"],
+        group_size=32,
+    )
+    if method == "point-peft":
+        gen = torch.Generator().manual_seed(seed + 1)
+        model.set_memory_bank(random_bank(spec["bank"], model.cfg.trans_dim, gen))
+    return model.to(device).train()
+
+
+class Stepper:
+    """One training step exactly as the engine runs it (no AMP, clip 10, AdamW 5e-4 / 0.05)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        from pointpeft_cli.peft.trainable import param_groups
+
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(param_groups(model, 0.05), lr=5e-4)
+
+    def forward(self, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.model(points).float(), labels)
+
+    def update(self, loss: torch.Tensor) -> float:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 10.0)
+        self.opt.step()
+        return float(loss.detach())
+
+    def step(self, points: torch.Tensor, labels: torch.Tensor) -> float:
+        return self.update(self.forward(points, labels))
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def count_flops(stepper: Stepper, points: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """GFLOP of one step, split into forward + loss and backward + optimizer."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fwd:
+        loss = stepper.forward(points, labels)
+    with FlopCounterMode(display=False) as bwd:
+        stepper.update(loss)
+    f, b = fwd.get_total_flops() / 1e9, bwd.get_total_flops() / 1e9
+    return {"forward": f, "backward": b, "total": f + b}
+
+
+def worker(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure one (config, method) in this process."""
+    torch.set_num_threads(args.threads)
+    device = args.device
+    spec = CONFIGS[args.config]
+    model = build(args.config, args.method, device)
+    gen = torch.Generator().manual_seed(123)
+    batches = [
+        (
+            random_clouds(BATCH, spec["points"], gen).to(device),
+            torch.randint(spec["classes"], (BATCH,), generator=gen).to(device),
+        )
+        for _ in range(args.steps)
+    ]
+    stepper = Stepper(model)
+    trainable = sum(p.numel() for p in stepper.params)
+    total = sum(p.numel() for p in model.parameters())
+    _sync(device)
+    before = rss_mib()
+    reset_ok = reset_peak_rss()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base_gpu = torch.cuda.memory_allocated()
+    times, cpu = [], []
+    for points, labels in batches:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        stepper.step(points, labels)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - cpu_start)
+    peak = peak_rss_mib()
+    out: dict[str, Any] = {
+        "config": args.config,
+        "method": args.method,
+        "times_s": [round(t, 4) for t in times],
+        "step_s": statistics.median(times[args.warmup :]),
+        "cpu_s": statistics.median(cpu[args.warmup :]),
+        "rss_before_mib": before,
+        "peak_delta_mib": None if before is None or peak is None else peak - before,
+        "peak_reset": reset_ok,
+        "trainable_params": trainable,
+        "total_params": total,
+        "load_after": load_average(),
+    }
+    if device == "cuda":
+        out["peak_delta_mib"] = (torch.cuda.max_memory_allocated() - base_gpu) / 2**20
+    if args.flops:
+        out["gflop"] = count_flops(stepper, *batches[0])
+    return out
+
+
+def summarise(runs: list[dict[str, Any]], configs: list[str], methods: list[str], peak: float):
+    """Per (config, method) medians over rounds, plus Point-PEFT/full ratios."""
+    summary: dict[str, Any] = {}
+    for config in configs:
+        rows: dict[str, Any] = {}
+        for method in methods:
+            mine = [r for r in runs if r["config"] == config and r["method"] == method]
+            step = median([r["step_s"] for r in mine])
+            gflop = next((r["gflop"] for r in mine if "gflop" in r), None)
+            rows[method] = {
+                "step_s_rounds": [round(r["step_s"], 3) for r in mine],
+                "step_s": step,
+                "cpu_s": median([r["cpu_s"] for r in mine]),
+                "samples_per_s": BATCH / step if step else None,
+                "peak_delta_mib_rounds": [round(r["peak_delta_mib"] or 0, 1) for r in mine],
+                "peak_delta_mib": median([r["peak_delta_mib"] for r in mine]),
+                "trainable_params": mine[0]["trainable_params"] if mine else None,
+                "gflop": gflop,
+                "achieved_gflops": gflop["total"] / step if gflop and step else None,
+                "pct_of_mm_peak": 100 * gflop["total"] / step / peak if gflop and step else None,
+            }
+        if "point-peft" in rows and "full" in rows:
+            p, f = rows["point-peft"], rows["full"]
+            rows["ratios"] = {
+                "time": p["step_s"] / f["step_s"],
+                "cpu_time": p["cpu_s"] / f["cpu_s"],
+                "memory": p["peak_delta_mib"] / f["peak_delta_mib"],
+                "flops": p["gflop"]["total"] / f["gflop"]["total"]
+                if p["gflop"] and f["gflop"]
+                else None,
+            }
+            anchor = ANCHORS[config]
+            rows["vs_original"] = {k: v / p["step_s"] for k, v in anchor.items()}
+        summary[config] = rows
+    return summary
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    """The result tables."""
+    m = payload["machine"]
+    lines = [
+        "# Training step: Point-PEFT vs full fine-tuning vs linear (Point-MAE, batch 32)",
+        "",
+        f"{m['cpu']}, {m['threads']} threads, torch {m['torch']}, device {payload['device']}, "
+        f"{m['date']}; {payload['rounds']} rounds x {payload['steps']} steps "
+        f"(median of steps {payload['warmup'] + 1}-{payload['steps']}); "
+        f"matmul peak {payload['matmul_peak_gflops']:.0f} GFLOP/s; "
+        f"load average seen {payload['load_min']}-{payload['load_max']}; "
+        f"malloc: {payload['malloc']}.",
+        "",
+        "| config | method | step s (rounds) | **median s** | CPU s | samples/s "
+        "| peak mem MiB (rounds) | **median MiB** | trainable | GFLOP fwd / bwd+opt / total "
+        "| GFLOP/s | % mm peak |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for config, rows in payload["summary"].items():
+        for method in payload["methods"]:
+            r = rows[method]
+            g = r["gflop"]
+            gtxt = "—" if not g else f"{g['forward']:.1f} / {g['backward']:.1f} / {g['total']:.1f}"
+            lines.append(
+                f"| {CONFIGS[config]['label']} | {method} | {r['step_s_rounds']} "
+                f"| **{_fmt(r['step_s'])}** | {_fmt(r['cpu_s'])} | {_fmt(r['samples_per_s'], 1)} "
+                f"| {r['peak_delta_mib_rounds']} | **{_fmt(r['peak_delta_mib'], 0)}** "
+                f"| {r['trainable_params']:,} | {gtxt} | {_fmt(r['achieved_gflops'], 1)} "
+                f"| {_fmt(r['pct_of_mm_peak'], 0)} |"
+            )
+    lines += ["", "| config | time point-peft/full | CPU time | memory point-peft/full "
+              "| FLOPs point-peft/full | speed-up vs original (released / no_grad) "
+              "| target time | target memory |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    targets = {"scan": 0.75, "modelnet": 0.80}
+    for config, rows in payload["summary"].items():
+        if "ratios" not in rows:
+            continue
+        ra, vo = rows["ratios"], rows["vs_original"]
+        lines.append(
+            f"| {CONFIGS[config]['label']} | **{ra['time']:.3f}** | {ra['cpu_time']:.3f} "
+            f"| **{ra['memory']:.3f}** "
+            f"| {_fmt(ra['flops'], 3)} | {vo['released']:.1f}x / {vo['no_grad']:.1f}x "
+            f"| ≤ {targets[config]} | ≤ 0.5 |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per process")
+    parser.add_argument("--warmup", type=int, default=2, help="leading steps left out")
+    parser.add_argument("--configs", default="scan,modelnet")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-flops", action="store_true", help="skip the FLOP-counting step")
+    parser.add_argument(
+        "--mmap-threshold",
+        type=int,
+        default=0,
+        help="bytes: fix glibc's mmap threshold in the workers (MALLOC_MMAP_THRESHOLD_) so freed "
+        "tensors go back to the OS and RSS tracks live memory; 0 = the default allocator",
+    )
+    parser.add_argument("--out", default="train_step", help="stem of the files in bench/out/")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--method", help=argparse.SUPPRESS)
+    parser.add_argument("--flops", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.steps <= args.warmup:
+        parser.error("--steps must exceed --warmup")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    configs = [c for c in args.configs.split(",") if c]
+    methods = [m for m in args.methods.split(",") if m]
+    for name in configs + methods:
+        if name not in CONFIGS and name not in METHODS:
+            raise SystemExit(f"unknown config or method {name!r}")
+    env = {"MALLOC_MMAP_THRESHOLD_": str(args.mmap_threshold)} if args.mmap_threshold else {}
+    peak = matmul_peak_gflops(args.threads)
+    loads, runs = [load_average()], []
+    for rnd in range(args.rounds):
+        for config in configs:
+            order = methods if rnd % 2 == 0 else methods[::-1]
+            for method in order:
+                extra = ["--flops"] if rnd == 0 and not args.no_flops else []
+                run = run_worker(
+                    Path(__file__),
+                    ["--config", config, "--method", method, "--steps", str(args.steps),
+                     "--warmup", str(args.warmup), "--threads", str(args.threads),
+                     "--device", args.device, *extra],
+                    env,
+                )  # fmt: skip
+                run["round"] = rnd + 1
+                runs.append(run)
+                loads.append(run["load_after"])
+                print(
+                    f"round {rnd + 1} {config:8s} {method:10s} {run['step_s']:.3f} s/step "
+                    f"(CPU {run['cpu_s']:.3f} s) "
+                    f"peak +{run['peak_delta_mib']:.0f} MiB  load {run['load_after']}",
+                    flush=True,
+                )
+    one_min = [la[0] for la in loads if la]
+    payload = {
+        "machine": machine_info(args.threads),
+        "device": args.device,
+        "batch": BATCH,
+        "rounds": args.rounds,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "methods": methods,
+        "matmul_peak_gflops": peak,
+        "malloc": f"MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}" if env else "glibc default",
+        "load_min": min(one_min, default=None),
+        "load_max": max(one_min, default=None),
+        "anchors_original_s": ANCHORS,
+        "summary": summarise(runs, configs, methods, peak),
+        "runs": runs,
+    }
+    md = markdown(payload)
+    paths = write_outputs(args.out, payload, md)
+    print(md)
+    print("wrote", *paths)
+
+
+if __name__ == "__main__":
+    main()
