@@ -55,3 +55,17 @@ PointsOpt = Annotated[
     int | None,
     typer.Option("--points", help="Points per cloud the model sees.", show_default=False),
 ]
+EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Training epochs.")]
+BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Batch size.")]
+LrOpt = Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")]
+MaybeDeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", show_default=False)
+]
+RunOutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", help="Run directory (default: runs/...).", show_default=False),
+]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")]
+PrintConfigOpt = Annotated[
+    bool, typer.Option("--print-config", help="Show the resolved config and exit.")
+]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -10,11 +9,18 @@ import typer
 from pointpeft_cli.cli.common import progress_bridge
 from pointpeft_cli.cli.options import (
     BackboneOpt,
+    BatchSizeOpt,
     CacheDirOpt,
     DataDirOpt,
+    EpochsOpt,
     JsonOpt,
+    LrOpt,
+    MaybeDeviceOpt,
     PointsOpt,
     PresetOpt,
+    PrintConfigOpt,
+    ResumeOpt,
+    RunOutOpt,
     SeedOpt,
     SetOpt,
 )
@@ -46,15 +52,15 @@ def pretrain(
     source: SourceOpt = None,
     data_dir: DataDirOpt = None,
     points: PointsOpt = None,
-    epochs: Annotated[int | None, Opt("--epochs", help="Pre-training epochs.")] = None,
-    batch_size: Annotated[int | None, Opt("--batch-size", help="Batch size.")] = None,
-    lr: Annotated[float | None, Opt("--lr", help="Peak learning rate.")] = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    lr: LrOpt = None,
     seed: SeedOpt = None,
-    device: Annotated[str | None, Opt("--device", help="auto, cpu, cuda or cuda:N.")] = None,
-    out: Annotated[Path | None, Opt("--out", help="Output directory (default: runs/...).")] = None,
-    resume: Annotated[bool, Opt("--resume", help="Continue the run in --out.")] = False,
+    device: MaybeDeviceOpt = None,
+    out: RunOutOpt = None,
+    resume: ResumeOpt = False,
     sets: SetOpt = None,
-    print_config: Annotated[bool, Opt("--print-config", help="Show the resolved config.")] = False,
+    print_config: PrintConfigOpt = False,
     json_out: JsonOpt = False,
     cache_dir: CacheDirOpt = None,
 ) -> None:

@@ -92,7 +92,7 @@ def build_head(cfg: BackboneConfig, num_classes: int) -> nn.Sequential:
     )  # fmt: skip
 
 
-def _init_backbone(m: nn.Module) -> None:
+def init_upstream_weights(m: nn.Module) -> None:
     """Upstream `_init_weights` (only matters for training from scratch; ckpts overwrite it)."""
     if isinstance(m, (nn.Linear, nn.Conv1d)):
         nn.init.trunc_normal_(m.weight, std=0.02)
@@ -148,7 +148,7 @@ class PointCloudClassifier(nn.Module):
             c, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.drop_path_rate
         )
         self.norm = nn.LayerNorm(c)
-        self.apply(_init_backbone)
+        self.apply(init_upstream_weights)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.cls_pos, std=0.02)
         self.cls_head_finetune = build_head(cfg, num_classes)

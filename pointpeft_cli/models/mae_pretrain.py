@@ -20,22 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from pointpeft_cli.errors import ConfigError
-from pointpeft_cli.models.classifier import BackboneConfig
+from pointpeft_cli.models.classifier import BackboneConfig, init_upstream_weights
 from pointpeft_cli.models.ops import chamfer_distance, group
 from pointpeft_cli.models.transformer import Block, PatchEncoder, TransformerEncoder
 
 ENCODER_PREFIX = "MAE_encoder."
-
-
-def _init_weights(m: nn.Module) -> None:
-    # Upstream initialisation: truncated normal (std 0.02) weights, zero biases, unit LayerNorm.
-    if isinstance(m, (nn.Linear, nn.Conv1d)):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 def _pos_mlp(hidden: int, dim: int) -> nn.Sequential:
@@ -148,7 +137,7 @@ class MaskedAutoencoder(nn.Module):
         heads = decoder_heads or cfg.num_heads
         self.MAE_decoder = MaeDecoder(c, decoder_depth, heads, cfg.mlp_ratio, decoder_drop_path)
         self.increase_dim = nn.Sequential(nn.Conv1d(c, 3 * self.group_size, 1))
-        self.apply(_init_weights)
+        self.apply(init_upstream_weights)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     def forward(self, points: Tensor, generator: torch.Generator | None = None) -> MaeOutput:
