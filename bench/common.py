@@ -11,12 +11,13 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from pointpeft_cli.fsutil import atomic_write_text
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
@@ -122,25 +123,21 @@ def run_worker(script: Path, args: list[str], env: dict[str, str] | None = None)
     return json.loads(lines[-1])
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temp file in the same directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_outputs(stem: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
     """Write `bench/out/<stem>.json` and `.md`; returns both paths."""
     js, md = OUT_DIR / f"{stem}.json", OUT_DIR / f"{stem}.md"
-    write_atomic(js, json.dumps(payload, indent=2) + "\n")
-    write_atomic(md, markdown)
+    atomic_write_text(js, json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(md, markdown)
     return js, md
+
+
+def selected(configs: str, methods: str, known_configs: Any, known_methods: Any):
+    """The comma-separated --configs / --methods choices, checked against the known names."""
+    chosen = ([c for c in configs.split(",") if c], [m for m in methods.split(",") if m])
+    for name in chosen[0] + chosen[1]:
+        if name not in known_configs and name not in known_methods:
+            raise SystemExit(f"unknown config or method {name!r}")
+    return chosen
 
 
 def median(values: list[float]) -> float | None:

@@ -32,6 +32,7 @@ from common import (
     reset_peak_rss,
     rss_mib,
     run_worker,
+    selected,
     write_outputs,
 )
 from train_step import METHODS, build
@@ -119,11 +120,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args)))
         return
-    configs = [c for c in args.configs.split(",") if c]
-    methods = [m for m in args.methods.split(",") if m]
-    for name in configs + methods:
-        if name not in CONFIGS and name not in METHODS:
-            raise SystemExit(f"unknown config or method {name!r}")
+    configs, methods = selected(args.configs, args.methods, CONFIGS, METHODS)
     loads, runs = [load_average()], []
     for config in configs:
         for method in methods:

@@ -41,6 +41,7 @@ from common import (
     reset_peak_rss,
     rss_mib,
     run_worker,
+    selected,
     write_outputs,
 )
 
@@ -285,11 +286,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args)))
         return
-    configs = [c for c in args.configs.split(",") if c]
-    methods = [m for m in args.methods.split(",") if m]
-    for name in configs + methods:
-        if name not in CONFIGS and name not in METHODS:
-            raise SystemExit(f"unknown config or method {name!r}")
+    configs, methods = selected(args.configs, args.methods, CONFIGS, METHODS)
     env = {"MALLOC_MMAP_THRESHOLD_": str(args.mmap_threshold)} if args.mmap_threshold else {}
     peak = matmul_peak_gflops(args.threads)
     loads, runs = [load_average()], []
