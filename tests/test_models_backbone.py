@@ -187,3 +187,19 @@ def test_finetune_layout_keys_are_the_model_names() -> None:
     assert {k: tuple(v.shape) for k, v in bert.items()} == {
         k: s.shape for k, s in bert_layout.items()
     }
+
+
+@pytest.mark.parametrize("chunk_points", [32, 96, 10**6])
+def test_frozen_patch_encoder_matches_reference(chunk_points: int) -> None:
+    """The frozen encoder (folded BN, composed convs, chunks of groups) is the same maths."""
+    state = official_state_dict("mae_pretrain", seed=4)
+    model = create_model("point-mae", num_classes=15, method="point-peft").eval()
+    model.load_pretrained({"base_model": state})
+    model.encoder.FROZEN_CHUNK_POINTS = chunk_points  # 1 group, 3 groups, all at once
+    nb, _ = ref_group(clouds(512, seed=2), 16, 32)
+    sd = {k: v.double() for k, v in state.items() if v.is_floating_point()}
+    want = ref_encoder(sd, "MAE_encoder.encoder.", nb.double())
+    with torch.no_grad():
+        got = model.encoder(nb, frozen_stats=True)
+    assert got.shape == (2, 16, 384)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)

@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import pointpeft_cli.peft.adapter as adapter_mod
 from pointpeft_cli.errors import ConfigError
 from pointpeft_cli.models.ops import gather_points
 from pointpeft_cli.models.registry import create_model
-from pointpeft_cli.peft.adapter import LocalAttention, group_max, take_rows
+from pointpeft_cli.peft.adapter import LocalAttention, member_max, take_rows
 from pointpeft_cli.peft.config import PointPeftConfig
 
 TINY = {
@@ -80,15 +81,37 @@ def test_train_mode_is_stochastic_and_eval_is_not() -> None:
     torch.testing.assert_close(model(pts), model(pts), atol=0, rtol=0)
 
 
-def test_group_max_and_take_rows_match_torch() -> None:
-    x = torch.randn(7, 16, 5, dtype=torch.float64, requires_grad=True)
-    x.data[0, 3] = x.data[0, 9] = 10.0  # a tie: gradient goes to the first, as max(dim) does
-    y = torch.randn(7, 5, dtype=torch.float64)
-    (group_max(x) * y).sum().backward()
-    got = x.grad.clone()
-    x.grad = None
-    (x.max(dim=1).values * y).sum().backward()
-    assert torch.equal(got, x.grad)
+def _member_max_case(chunk_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(adapter_mod, "MEMBER_CHUNK_BYTES", chunk_bytes)
+    gen = torch.Generator().manual_seed(3)
+    k, n, c, j = 5, 7, 6, 4
+    rows = torch.randn(20, c, dtype=torch.float64, generator=gen)
+    idx = torch.randint(0, 20, (k * n,), generator=gen)
+    lhs = torch.randn(k * n, j, dtype=torch.float64, generator=gen)
+    rhs = torch.randn(j, c, dtype=torch.float64, generator=gen)
+    # a tie: group 2's members 1 and 3 read the same row with the same update
+    idx[1 * n + 2] = idx[3 * n + 2]
+    lhs[1 * n + 2] = lhs[3 * n + 2]
+    grad = torch.randn(n, c, dtype=torch.float64, generator=gen)
+    inputs = [t.clone().requires_grad_() for t in (rows, lhs, rhs)]
+    got = member_max(inputs[0], idx, inputs[1], inputs[2], k)
+    got_grads = torch.autograd.grad(got, inputs, grad)
+    ref_inputs = [t.clone().requires_grad_() for t in (rows, lhs, rhs)]
+    members = (ref_inputs[0][idx] + ref_inputs[1] @ ref_inputs[2]).view(k, n, c)
+    want = members.max(dim=0).values  # the gradient goes to the first maximum, as here
+    want_grads = torch.autograd.grad(want, ref_inputs, grad)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)  # chunked GEMMs round alike
+    assert got_grads[1][3 * n + 2].abs().sum() == 0  # the tie's gradient went to member 1 only
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2 * 5 * 6 * 8, 2**30])
+def test_member_max_matches_dense_max(chunk_bytes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    _member_max_case(chunk_bytes, monkeypatch)
+
+
+def test_take_rows_matches_gather() -> None:
     rows = torch.randn(3, 11, 4)
     idx = torch.randint(0, 11, (3, 6, 2))
     flat = (idx + torch.arange(3).view(3, 1, 1) * 11).reshape(-1)

@@ -48,14 +48,20 @@ def test_recompute_is_bit_identical(monkeypatch: pytest.MonkeyPatch) -> None:
             assert int(buf) == 1
 
 
-def _saved_bytes(recompute: bool, monkeypatch: pytest.MonkeyPatch) -> int:
-    monkeypatch.setattr(adapter.geometry_update, "__defaults__", (recompute,))
+def _saved_bytes(recompute: bool) -> int:
+    """Bytes that one block's geometry adapter keeps for backward (x itself excluded)."""
+    from pointpeft_cli.peft.context import build_context
+
     torch.manual_seed(0)
     model = create_model(
         "point-mae", num_classes=6, num_group=32, group_size=8,
         peft=PointPeftConfig(local_group_size=8), **TINY,
     ).train()  # fmt: skip
-    model.set_memory_bank(F.normalize(torch.randn(30, 32), dim=1))
+    local = (model.blocks.norm3, model.blocks.attn1)
+    center = torch.rand(8, 32, 3)
+    prompts = torch.randn(8, 10, 32)
+    ctx = build_context(model.peft_config, center, model.prompt_cor.detach(), prompts, None, local)
+    x = torch.randn(8, 33, 32, requires_grad=True)
     storages: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -63,23 +69,15 @@ def _saved_bytes(recompute: bool, monkeypatch: pytest.MonkeyPatch) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(torch.randn(8, 400, 3))
+        adapter.geometry_update(
+            model.blocks.blocks[0], x, 0, ctx.plain, local, (0.3, 0.3), recompute=recompute
+        )
+    storages.pop(x.untyped_storage().data_ptr(), None)
     return sum(storages.values())
 
 
-def test_recompute_saves_fewer_activations(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _saved_bytes(True, monkeypatch) < 0.85 * _saved_bytes(False, monkeypatch)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_recomputed_attention_matches_sdpa(dtype: torch.dtype) -> None:
-    from pointpeft_cli.models.transformer import attention
-
-    q, k, v = (torch.randn(2, 3, 7, 8, dtype=dtype, requires_grad=True) for _ in range(3))
-    grad = torch.randn(2, 3, 7, 8, dtype=dtype)
-    got = attention(q, k, v, recompute=True)
-    want = F.scaled_dot_product_attention(q, k, v)
-    assert torch.equal(got, want)
-    got_grads = torch.autograd.grad(got, (q, k, v), grad)
-    want_grads = torch.autograd.grad(want, (q, k, v), grad)
-    assert all(torch.equal(a, b) for a, b in zip(got_grads, want_grads, strict=True))
+def test_recompute_saves_fewer_activations() -> None:
+    # recomputed: norm3's output and the propagation segment (GELU input, centre rows, adapter1
+    # input). At width 32 that is 0.76x the bytes; at paper size (width 384, ModelNet40 block)
+    # 9.8 instead of 16.6 MiB, 0.59x.
+    assert _saved_bytes(True) < 0.8 * _saved_bytes(False)

@@ -39,44 +39,9 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
-class _RecomputedAttention(torch.autograd.Function):
-    """CPU flash attention that saves q, k, v and the log-sum-exp but not the output.
-
-    The backward kernel needs the output; it is recomputed (one more attention forward, a few
-    percent of a block) with the same kernel and inputs, so the gradients are bit-identical to
-    `scaled_dot_product_attention`'s, while each block keeps 1/4 fewer attention activations.
-    """
-
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # type: ignore[override]
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
-        ctx.save_for_backward(q, k, v, lse)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
-        q, k, v, lse = ctx.saved_tensors
-        out, _ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            grad.contiguous(), q, k, v, out, lse, 0.0, False
-        )
-
-
-def attention(q: Tensor, k: Tensor, v: Tensor, recompute: bool) -> Tensor:
-    """`scaled_dot_product_attention(q, k, v)`; with `recompute` on CPU under autograd, the
-    output is recomputed in backward instead of saved (`_RecomputedAttention`)."""
-    if recompute and q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
-        return _RecomputedAttention.apply(q, k, v)
-    return F.scaled_dot_product_attention(q, k, v)  # default scale = head_dim ** -0.5
-
-
 class Attention(nn.Module):
-    """Multi-head self-attention (qkv without bias) computed by `scaled_dot_product_attention`.
-
-    With a frozen qkv weight (Point-PEFT, linear probing) the attention output is recomputed in
-    backward instead of saved: nothing else needs it, and a frozen backbone's training memory
-    is mostly such saved activations. Full fine-tuning keeps the plain kernel.
-    """
+    """Multi-head self-attention (qkv without bias) computed by `scaled_dot_product_attention`
+    (the fused flash kernel on CPU and CUDA)."""
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -91,7 +56,7 @@ class Attention(nn.Module):
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        out = attention(q, k, v, recompute=not self.qkv.weight.requires_grad)
+        out = F.scaled_dot_product_attention(q, k, v)  # default scale = head_dim ** -0.5
         out = out.transpose(1, 2).reshape(b, n, c)
         return F.linear(out, self.proj.weight, self.proj.bias if proj_bias is None else proj_bias)
 
@@ -238,6 +203,41 @@ class PatchEncoder(nn.Module):
         weight = conv.weight[..., 0] * scale.unsqueeze(1)
         return weight, (conv.bias - bn.running_mean) * scale + bn.bias
 
+    #: Points encoded at once by the frozen path: its `[rows, 512]` intermediates stay in cache.
+    FROZEN_CHUNK_POINTS = 4096
+
+    @torch.no_grad()
+    def forward_frozen(self, neighborhood: Tensor) -> Tensor:
+        """`forward(..., frozen_stats=True)` without autograd, in cache-sized chunks of groups.
+
+        Frozen weights allow exact shortcuts: BatchNorm folded into the convs, and the last
+        conv's bias added after the max-pool (max commutes with a per-channel constant). No
+        autograd and chunks of a few thousand points keep every intermediate in cache.
+        (Composing `first_conv`'s last layer with the local half of `second_conv`'s first would
+        save 20 % of the FLOPs, but its results varied in the last bit between processes, which
+        breaks bit-exact `--resume`; not done.)
+        """
+        b, g, m, _ = neighborhood.shape
+        conv0, bn0, _, conv1 = self.first_conv
+        conv2, bn1, _, conv3 = self.second_conv
+        w0, b0 = self._fold(conv0, bn0)
+        w1, b1 = conv1.weight[..., 0], conv1.bias
+        w2, b2 = self._fold(conv2, bn1)
+        c2 = w1.shape[0]
+        w_glob, w_local = w2[:, :c2], w2[:, c2:]
+        w3 = conv3.weight[..., 0]
+        points = neighborhood.reshape(b * g, m, 3)
+        out = neighborhood.new_empty(b * g, w3.shape[0])
+        step = max(1, self.FROZEN_CHUNK_POINTS // m) if points.device.type == "cpu" else b * g
+        for start in range(0, b * g, step):
+            chunk = points[start : start + step]
+            x = F.linear(F.linear(chunk.reshape(-1, 3), w0, b0).relu_(), w1, b1)
+            glob = F.linear(x.view(len(chunk), m, -1).amax(1), w_glob, b2)
+            h = F.linear(x, w_local).view(len(chunk), m, -1).add_(glob.unsqueeze(1))
+            pooled = F.linear(h.relu_().view(-1, h.shape[-1]), w3).view(len(chunk), m, -1).amax(1)
+            out[start : start + step] = pooled.add_(conv3.bias)
+        return out.view(b, g, -1)
+
     def forward(self, neighborhood: Tensor, frozen_stats: bool = False) -> Tensor:
         """Encode `[B, G, M, 3]` centred patches into `[B, G, out_dim]` tokens.
 
@@ -246,6 +246,8 @@ class PatchEncoder(nn.Module):
             frozen_stats: use the BatchNorm running statistics whatever the module's mode (they
                 are then folded into the preceding weights).
         """
+        if frozen_stats and not torch.is_grad_enabled():
+            return self.forward_frozen(neighborhood)
         b, g, m, _ = neighborhood.shape
         conv0, bn0, _, conv1 = self.first_conv
         conv2, bn1, _, conv3 = self.second_conv

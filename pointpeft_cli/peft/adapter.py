@@ -93,7 +93,7 @@ class LocalAttention(PeftModule):
     def heads(self, qkv: Tensor) -> Tensor:
         """Attention within groups from precomputed `qkv [N, K, 3*inner]` -> `[N, K, inner]`."""
         n, k, _ = qkv.shape
-        q, key, v = qkv.reshape(n, k, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, key, v = qkv.view(n, k, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, key, v, scale=self.scale)
         return out.transpose(1, 2).reshape(n, k, self.inner)
 
@@ -111,58 +111,130 @@ def take_rows(x: Tensor, flat_idx: Tensor) -> Tensor:
     return x.reshape(-1, x.shape[-1]).index_select(0, flat_idx)
 
 
-class _GroupMax(torch.autograd.Function):
-    """Max over dim 1 of `[N, K, C]`, gradient to the first maximum (as `max(dim).values`).
+#: Bytes of members `[k, n, C]` materialised at once on CPU: chunks stay in cache and under
+#: glibc's mmap threshold, so they are neither page-faulted in nor zeroed afresh every call.
+MEMBER_CHUNK_BYTES = 6 * 2**20
 
-    `amax` plus a uint8 rank trick finds the winners an order of magnitude faster than
-    `max(dim)` with indices on CPU, and only the small `[N, C]` index is kept for backward.
+
+def _chunks(n: int, row_bytes: int, device: torch.device) -> list[tuple[int, int]]:
+    """`[start, stop)` ranges over n groups, each about `MEMBER_CHUNK_BYTES` (one on GPU)."""
+    step = n if device.type != "cpu" else max(1, MEMBER_CHUNK_BYTES // row_bytes)
+    return [(s, min(n, s + step)) for s in range(0, n, step)]
+
+
+class _MemberMax(torch.autograd.Function):
+    """`max_j (rows[idx[j, n]] + lhs[j, n] @ rhs)` over the k members of each of N groups.
+
+    The members tensor `[k, N, C]` is the largest thing the geometry adapter makes; this
+    function never keeps it, and on CPU never makes it whole (it works through cache-sized
+    chunks of groups). Forward finds the first maximal member per (group, channel) and saves
+    only that index (uint8) with the small `lhs`; backward routes each channel's gradient to
+    its winning row directly (a scatter of `N x C` values, not of `k x N x C`), and builds the
+    one-hot gradient, chunk by chunk, only for the two thin matmuls of `lhs` and `rhs`.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        values = x.amax(dim=1)
-        k = x.shape[1]
-        rank = torch.arange(k, 0, -1, device=x.device, dtype=torch.int16).view(1, k, 1)
-        first = ((x == values.unsqueeze(1)) * rank).amax(dim=1)  # k - index of the first max
-        ctx.save_for_backward(
-            (k - first).clamp_(0, k - 1).to(torch.uint8 if k < 256 else torch.int16)
-        )
-        ctx.k = k
+    def forward(ctx, rows: Tensor, idx: Tensor, lhs: Tensor, rhs: Tensor, k: int) -> Tensor:  # type: ignore[override]
+        c, n, width = rows.shape[1], idx.shape[0] // k, lhs.shape[1]
+        values = rows.new_empty(n, c)
+        index_dtype = torch.uint8 if k <= 256 else torch.int16
+        first = torch.empty(n, c, dtype=index_dtype, device=rows.device)
+        order = torch.arange(k, dtype=rows.dtype, device=rows.device).view(k, 1, 1)
+        member_idx, member_lhs = idx.view(k, n), lhs.view(k, n, width)
+        spans = _chunks(n, k * c * rows.element_size(), rows.device)
+        buffer = rows.new_empty(k * (spans[0][1] - spans[0][0]) * c)
+        for start, stop in spans:
+            m = buffer[: k * (stop - start) * c].view(-1, c)
+            torch.index_select(rows, 0, member_idx[:, start:stop].reshape(-1), out=m)
+            m = m.addmm_(member_lhs[:, start:stop].reshape(-1, width), rhs).view(k, -1, c)
+            top = torch.amax(m, 0, out=values[start:stop])
+            # rank = k * ceil(max - m) + j: exactly j for a maximal member and >= k for the
+            # others, so its minimum is the first maximal member (torch.max's choice).
+            rank = torch.sub(top, m, out=m).ceil_()
+            first[start:stop] = torch.add(order, rank, alpha=k, out=rank).amin(0)
+        ctx.save_for_backward(idx, lhs, rhs, first)
+        ctx.shape = (rows.shape[0], c, k)
         return values
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        (index,) = ctx.saved_tensors
-        n, c = grad.shape
-        out = grad.new_zeros(n, ctx.k, c)
-        return out.scatter_(1, index.long().unsqueeze(1), grad.unsqueeze(1))
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        idx, lhs, rhs, first = ctx.saved_tensors
+        num_rows, c, k = ctx.shape
+        n, width = grad.shape[0], lhs.shape[1]
+        grad = grad.contiguous()
+        first = first.long()
+        d_rows = d_lhs = d_rhs = None
+        if ctx.needs_input_grad[0]:
+            group = torch.arange(n, device=grad.device).unsqueeze(1)
+            winner = idx[first * n + group] * c  # flat offset of each winning row
+            winner += torch.arange(c, device=grad.device)
+            d_rows = grad.new_zeros(num_rows * c).index_add_(0, winner.view(-1), grad.view(-1))
+            d_rows = d_rows.view(num_rows, c)
+        need_lhs, need_rhs = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
+        if need_lhs or need_rhs:
+            d_lhs = lhs.new_empty(k, n, width) if need_lhs else None
+            d_rhs = rhs.new_zeros(rhs.shape) if need_rhs else None
+            member_lhs = lhs.view(k, n, width)
+            spans = _chunks(n, k * c * grad.element_size(), grad.device)
+            buffer = grad.new_zeros(k * (spans[0][1] - spans[0][0]) * c)
+            for start, stop in spans:
+                # one-hot along the members, in a buffer that is zeroed again after use
+                dense = buffer[: k * (stop - start) * c].view(k, -1, c)
+                winners = first[start:stop].unsqueeze(0)
+                dense.scatter_(0, winners, grad[start:stop].unsqueeze(0))
+                flat = dense.view(-1, c)
+                if d_lhs is not None:
+                    d_lhs[:, start:stop] = (flat @ rhs.t()).view(k, -1, width)
+                if d_rhs is not None:
+                    d_rhs.addmm_(member_lhs[:, start:stop].reshape(-1, width).t(), flat)
+                dense.zero_()
+            d_lhs = None if d_lhs is None else d_lhs.view(k * n, width)
+        return d_rows, None, d_lhs, d_rhs, None
 
 
-def group_max(x: Tensor) -> Tensor:
-    """`x.max(dim=1).values` for `[N, K, C]`, fast on CPU (see `_GroupMax`)."""
-    return _GroupMax.apply(x)
+def member_max(rows: Tensor, idx: Tensor, lhs: Tensor, rhs: Tensor, k: int) -> Tensor:
+    """`(rows[idx] + lhs @ rhs).view(k, N, C).max(0).values` without keeping the members.
+
+    Args:
+        rows: `[R, C]` source rows.
+        idx: `[k * N]` member rows, member-major (`j * N + n`).
+        lhs: `[k * N, J]`, rhs: `[J, C]`: a low-rank update added to every member.
+        k: members per group.
+    """
+    return _MemberMax.apply(rows, idx, lhs, rhs, k)
+
+
+def _row_qkv(rows: Tensor, local: tuple[nn.Module, nn.Module]) -> Tensor:
+    norm3, attn1 = local
+    return attn1.qkv(norm3(rows))
 
 
 def _local_pool(
-    x: Tensor, flat_idx: Tensor, keep: Tensor | None, local: tuple[nn.Module, nn.Module], k: int
+    x: Tensor,
+    level: GeometryLevel,
+    keep: Tensor | None,
+    local: tuple[nn.Module, nn.Module],
+    recompute: bool,
 ) -> Tensor:
     """Members + DropPath(attn1(norm3(members))), max-pooled per group -> `[B * G2, C]`."""
-    norm3, attn1 = local
-    c = x.shape[-1]
+    attn1 = local[1]
+    rows, k = x.view(-1, x.shape[-1]), level.size
     # LayerNorm and qkv act row by row, so computing them before the gather is the same maths on
-    # 8x fewer rows, and the gathered tensor is 54 wide instead of C.
-    qkv = take_rows(attn1.qkv(norm3(x)), flat_idx).view(-1, k, 3 * attn1.inner)
-    heads = attn1.heads(qkv)  # [B*G2, K, inner]
-    # members + DropPath(proj(heads)) as one GEMM into the gathered members: the per-group mask
-    # scales the heads and, as an extra input column, the proj bias.
-    ones = heads.new_ones(heads.shape[0], k, 1)
+    # 8x fewer rows, and the gathered tensor is 54 wide instead of C. The attention reads it
+    # group-major (contiguous groups suit its kernel); the pooling member-major. norm3's output
+    # (kept for qkv's weight gradient, C wide) is recomputed rather than saved.
+    qkv = _run(partial(_row_qkv, local=local), rows, recompute=recompute)
+    qkv = qkv.index_select(0, level.group_major_idx)
+    heads = attn1.heads(qkv.view(-1, k, qkv.shape[-1])).transpose(0, 1)  # [K, N, inner]
+    # members + DropPath(proj(heads)) as one low-rank update of the gathered members: the
+    # per-group mask scales the heads and, as an extra input column, the proj bias.
+    ones = heads.new_ones(k, heads.shape[1], 1)
     if keep is not None:
-        heads, ones = heads * keep.unsqueeze(1), ones * keep.unsqueeze(1)
+        ones = keep.expand(k, -1, -1)
+        heads = heads * ones
     lhs = torch.cat([heads, ones], dim=-1).view(-1, attn1.inner + 1)
     rhs = torch.cat([attn1.proj.weight.t(), attn1.proj.bias.unsqueeze(0)], dim=0)
-    members = take_rows(x, flat_idx)  # in-place GEMM: cast in case autocast is on
-    members = members.addmm_(lhs.to(members.dtype), rhs.to(members.dtype))
-    return group_max(members.view(-1, k, c))
+    return member_max(rows, level.flat_idx, lhs.to(rows.dtype), rhs.to(rows.dtype), k)
 
 
 def _propagate(
@@ -213,10 +285,10 @@ def geometry_update(
     tokens; the prompts are dropped (they are discarded after every block, so transforming them
     would be wasted work).
 
-    The two segments around `out_transform`'s BatchNorm (which updates running statistics and so
-    must run once) are recomputed in backward when `recompute` is on: they are cheap and
-    memory-bound, while what they would save is about a fifth of Point-PEFT's activations
-    (the gathered members, local attention, norm3 output, adapter1 input).
+    The pooling never keeps the `[K, B * G2, C]` members (`member_max`). With `recompute` on,
+    two cheap row-wise segments are re-run in backward instead of keeping their C-wide
+    activations: norm3 -> qkv, and everything after `out_transform`'s BatchNorm (which updates
+    running statistics and so must run exactly once): GELU, centre rows, propagation, adapter1.
 
     Args:
         block: the block whose `out_transform` / `adapter1` / `drop_path` are used.
@@ -233,10 +305,7 @@ def geometry_update(
     x = x.contiguous()
     b = x.shape[0]
     keep = block.drop_path.sample_mask(b * level.groups, x)
-    pooled = _run(
-        partial(_local_pool, local=local, k=level.size),
-        x, level.flat_idx, keep, recompute=recompute,
-    )  # fmt: skip
+    pooled = _local_pool(x, level, keep, local, recompute)
     bn, act = block.out_transform  # the GELU is recomputed with the second segment
     modules = (act, block.adapter1)
     fn = partial(_propagate, num_prompt=num_prompt, modules=modules, coefs=coefs)

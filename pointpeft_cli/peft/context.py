@@ -31,15 +31,19 @@ class GeometryLevel:
     """A second-level grouping over one set of row positions, and its propagation weights.
 
     Attributes:
-        flat_idx: `[B * G2 * K]` member rows of each group (nearest first, centre included),
+        flat_idx: `[K * B * G2]` member rows of each group (nearest first, centre included),
+            member-major (entry `j * B * G2 + b * G2 + g` = member j of group g of sample b),
             as row indices into the flattened block input `[cls, rows]`: `b * (R + 1) + 1 + r`
-            (gathering straight from the block's tensor needs no copy without the cls row).
+            (gathering straight from the block's tensor needs no copy without the cls row;
+            member-major order makes the pooling an element-wise max over K contiguous slabs).
+        group_major_idx: the same rows group-major (entry `(b * G2 + g) * K + j`).
         flat_center: `[B * G2]` the row at each group's centre, indexed the same way.
         weights: `[B, G, G2]` inverse-distance weights from group centres to the G tokens.
         groups: G2. size: K.
     """
 
     flat_idx: Tensor
+    group_major_idx: Tensor
     flat_center: Tensor
     weights: Tensor
     groups: int
@@ -64,9 +68,10 @@ def make_level(positions: Tensor, targets: Tensor, groups: int, size: int, eps: 
     weights = inverse_distance_weights(targets, sources, eps=eps)
     # + 1 skips each sample's cls row in the block input [cls, rows]
     offset = torch.arange(positions.shape[0], device=positions.device).unsqueeze(1) * (rows + 1) + 1
-    flat_idx = (idx.flatten(1) + offset).reshape(-1)
+    rows_idx = idx + offset.unsqueeze(2)  # [B, G2, K]
+    flat_idx = rows_idx.permute(2, 0, 1).reshape(-1)
     flat_center = (center_idx + offset).reshape(-1)
-    return GeometryLevel(flat_idx, flat_center, weights, groups, size)
+    return GeometryLevel(flat_idx, rows_idx.reshape(-1), flat_center, weights, groups, size)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,98 @@
+"""Where one training step's time goes: `torch.profiler` over a warm step, by phase and by op.
+
+Same model, data and step as `bench/train_step.py` (paper-size Point-MAE, batch 32). Prints the
+wall time of the phases (frozen embedding, retrieval pass, rest of the forward, backward,
+optimizer) measured without the profiler, then the profiler's op table of one more step.
+
+    python bench/profile_step.py --config scan --method point-peft [--rows 30] [--shapes]
+
+Writes `bench/out/profile_<config>_<method>.json` (phases) and `.md` (phases and op table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import torch
+from common import CONFIGS, machine_info, random_clouds, write_outputs
+from train_step import BATCH, METHODS, Stepper, build
+
+
+def phase_times(model: Any, stepper: Stepper, batch: tuple[torch.Tensor, torch.Tensor], steps: int):
+    """Median seconds per phase over `steps` steps (after one warm-up step)."""
+    points, labels = batch
+    times: dict[str, list[float]] = {}
+
+    def timed(name: str, fn, *args):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        out = fn(*args)
+        times.setdefault(name, []).append(time.perf_counter() - start)
+        return out
+
+    def optimizer_step() -> None:
+        torch.nn.utils.clip_grad_norm_(stepper.params, 10.0)
+        stepper.opt.step()
+
+    for i in range(steps + 1):
+        if model.method == "point-peft":  # the work the forward starts with, timed on its own
+            with torch.no_grad():
+                emb = timed("embed", model.embed, points, model.num_group, model.group_size, True)
+                timed("retrieval pass", model.retrieval_query, points, emb)
+        loss = timed("forward (whole)", stepper.forward, points, labels)
+        stepper.opt.zero_grad(set_to_none=True)
+        timed("backward", loss.backward)
+        timed("clip + AdamW", optimizer_step)
+        if i == 0:
+            times.clear()
+    return {name: statistics.median(vals) for name, vals in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="scan")
+    parser.add_argument("--method", choices=METHODS, default="point-peft")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps for the phase medians")
+    parser.add_argument("--rows", type=int, default=30, help="rows of the op table")
+    parser.add_argument("--shapes", action="store_true", help="group the op table by input shape")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    spec = CONFIGS[args.config]
+    model = build(args.config, args.method, "cpu")
+    gen = torch.Generator().manual_seed(123)
+    points = random_clouds(BATCH, spec["points"], gen)
+    labels = torch.randint(spec["classes"], (BATCH,), generator=gen)
+    stepper = Stepper(model)
+    phases = phase_times(model, stepper, (points, labels), args.steps)
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
+        stepper.step(points, labels)
+    table = prof.key_averages(group_by_input_shape=args.shapes).table(
+        sort_by="self_cpu_time_total", row_limit=args.rows
+    )
+    lines = [
+        f"# Profile: {spec['label']}, {args.method}, batch {BATCH}, {args.threads} threads",
+        "",
+        "| phase | median s |",
+        "|---|---|",
+        *[f"| {name} | {sec:.3f} |" for name, sec in phases.items()],
+        "",
+        "```",
+        table,
+        "```",
+    ]
+    md = "\n".join(lines) + "\n"
+    payload = {"machine": machine_info(args.threads), "config": args.config, "method": args.method,
+               "phases_s": phases}  # fmt: skip
+    paths = write_outputs(f"profile_{args.config}_{args.method}", payload, md)
+    print(md)
+    print("wrote", *paths)
+
+
+if __name__ == "__main__":
+    main()
