@@ -6,7 +6,11 @@ seed, data, schedule and evaluation:
 
 * point-peft, full, linear: the shipped pre-trained point-mae-mini;
 * point-peft (random init): the same model and method on randomly initialised weights
-  (`model.pretrained=false`), to show what pre-training contributes.
+  (`model.pretrained=false`), to show what pre-training contributes;
+* point-peft (query cache): the optional approximation `peft.query_cache` (each training
+  sample's retrieval query computed once and reused), to show what it costs in accuracy.
+
+`--rows` picks rows by name; `--seeds 0,1` runs every row once per seed and adds the mean.
 
 Each row is a `pointpeft finetune --json` subprocess; `--parallel` of them run at once, each with
 `--threads` CPU threads (OMP_NUM_THREADS). Per row: test accuracy, mean class accuracy,
@@ -14,7 +18,8 @@ trainable parameters (and share of the total), seconds per training epoch (wall)
 run's wall and CPU seconds (bank, training and evaluation), from `os.wait4`'s rusage.
 
     python bench/accuracy.py [--parallel 2] [--threads 1] [--set key=value ...]
-        [--checkpoint FILE] [--runs-dir DIR]
+        [--rows "point-peft,point-peft (query cache)"] [--seeds 0] [--checkpoint FILE]
+        [--runs-dir DIR]
 
 Writes `bench/out/accuracy.json` and `bench/out/accuracy.md`.
 """
@@ -38,7 +43,23 @@ ROWS: list[tuple[str, str, list[str]]] = [
     ("full", "full", []),
     ("linear", "linear", []),
     ("point-peft (random init)", "point-peft", ["model.pretrained=false"]),
+    ("point-peft (query cache)", "point-peft", ["peft.query_cache=true"]),
 ]
+
+
+def planned(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
+    """The (name, method, sets) runs: the chosen rows, once per seed."""
+    wanted = [r.strip() for r in args.rows.split(",")] if args.rows else [r[0] for r in ROWS]
+    unknown = sorted(set(wanted) - {r[0] for r in ROWS})
+    if unknown:
+        raise SystemExit(f"unknown row(s) {unknown}; choose from {[r[0] for r in ROWS]}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    return [
+        (name if len(seeds) == 1 else f"{name} seed {seed}", method, [*sets, f"train.seed={seed}"])
+        for name, method, sets in ROWS
+        if name in wanted
+        for seed in seeds
+    ]
 
 
 def _command(method: str, sets: list[str], out: Path, args: argparse.Namespace) -> list[str]:
@@ -107,7 +128,8 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run every row, `args.parallel` at a time; results in ROWS order."""
     runs_dir = Path(args.runs_dir or tempfile.mkdtemp(prefix="pointpeft-accuracy-"))
     runs_dir.mkdir(parents=True, exist_ok=True)
-    pending = list(ROWS)
+    plan = planned(args)
+    pending = list(plan)
     running: list[dict[str, Any]] = []
     done: dict[str, dict[str, Any]] = {}
     while pending or running:
@@ -122,7 +144,7 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
         row = done[job["name"]]
         print(f"finished {row['name']}: {row['accuracy']:.2%} in {row['run_wall_seconds']:.0f} s",
               file=sys.stderr, flush=True)  # fmt: skip
-    return [done[name] for name, _, _ in ROWS]
+    return [done[name] for name, _, _ in plan]
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -139,11 +161,20 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{r['seconds_per_epoch']:.1f} | {r['run_wall_seconds']:.0f} | "
             f"{r['run_cpu_seconds']:.0f} |"
         )
+    seeds = meta["seeds"]
+    if len(seeds) > 1:
+        lines += ["", "| row | mean test accuracy over seeds | per seed |", "|---|---|---|"]
+        for name, _, _ in ROWS:
+            mine = [r for r in rows if r["name"].startswith(f"{name} seed ")]
+            if mine:
+                accs = [r["accuracy"] for r in mine]
+                per = ", ".join(f"{a:.2%}" for a in accs)
+                lines.append(f"| {name} | {sum(accs) / len(accs):.2%} | {per} |")
     m = meta["machine"]
     lines += [
         "",
         f"point-mae-mini on `shapes` (preset point_mae_mini_shapes, {rows[0]['epochs']} epochs, "
-        "last-epoch test accuracy, seed 0), one run per row. "
+        f"last-epoch test accuracy, seed(s) {', '.join(map(str, seeds))}), one run per row. "
         f"{m['cpu']}, {meta['parallel']} run(s) at a time with {meta['threads']} thread(s) each; "
         f"load average before/after: {meta['load_before']} / {meta['load_after']}.",
     ]
@@ -155,6 +186,8 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", action="append", help="extra finetune --set (every row)")
+    parser.add_argument("--rows", help="comma-separated row names (default: all)")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
     parser.add_argument("--checkpoint", help="backbone file instead of the shipped weights")
     parser.add_argument("--runs-dir", help="where the run directories go (default: a temp dir)")
     parser.add_argument("--cache-dir", help="pointpeft cache root for the runs")
@@ -168,6 +201,7 @@ def main() -> None:
         "parallel": args.parallel,
         "threads": args.threads,
         "extra_sets": args.set or [],
+        "seeds": [int(x) for x in args.seeds.split(",")],
         "checkpoint": args.checkpoint,
         "load_before": load_before,
         "load_after": load_average(),

@@ -10,10 +10,13 @@ Each (config, method) runs in its own process, methods alternate within a round 
 flips every round, so machine load hits all methods alike. Per process: the median step time
 over the warm steps, and the peak RSS above the RSS just before the first step (CPU) or
 `torch.cuda.max_memory_allocated` (GPU). FLOPs come from one extra step under
-`torch.utils.flop_counter.FlopCounterMode` (matmul-type ops only).
+`torch.utils.flop_counter.FlopCounterMode` (matmul-type ops only). Variants:
+`point-peft-rc` recomputes the MLP hidden activations (`train.recompute_mlp`, same numbers);
+`point-peft-qc` uses the optional query cache (an approximation), warm: no retrieval pass.
 
     python bench/train_step.py [--rounds 3] [--steps 6] [--configs scan,modelnet]
-        [--methods point-peft,full,linear] [--threads 2] [--device cpu]
+        [--methods point-peft,full,linear,point-peft-rc,point-peft-qc] [--threads 2]
+        [--device cpu]
 
 Writes `bench/out/train_step.json` and `bench/out/train_step.md` (stem set by `--out`).
 """
@@ -47,6 +50,15 @@ from common import (
 
 BATCH = 32
 METHODS = ("point-peft", "full", "linear")
+#: Point-PEFT variants: `-rc` recomputes every block's MLP hidden activation in backward
+#: (`train.recompute_mlp`, same numbers); `-qc` is the optional query cache (`peft.query_cache`,
+#: an approximation) measured warm: every sample's query is cached, no retrieval pass.
+RECOMPUTE, CACHED = "point-peft-rc", "point-peft-qc"
+VARIANTS = {
+    RECOMPUTE: "train.recompute_mlp (exact method, less memory)",
+    CACHED: "peft.query_cache (approximation, not the exact method)",
+}
+STEP_METHODS = (*METHODS, *VARIANTS)
 ANCHORS = {  # original code, same protocol and machine type (original-baseline.md)
     "scan": {"released": 24.2, "no_grad": 18.8, "full": 7.54},
     "modelnet": {"released": 9.45, "no_grad": 5.66, "full": 3.45},
@@ -56,17 +68,20 @@ ANCHORS = {  # original code, same protocol and machine type (original-baseline.
 def build(config: str, method: str, device: str, seed: int = 0) -> torch.nn.Module:
     """The paper-size Point-MAE classifier for `config`, bank attached for Point-PEFT."""
     from pointpeft_cli.models.registry import create_model
+    from pointpeft_cli.peft.config import PointPeftConfig
 
     spec = CONFIGS[config]
     torch.manual_seed(seed)
     model = create_model(
         "point-mae",
         num_classes=spec["classes"],
-        method=method,
+        method="point-peft" if method in VARIANTS else method,
         num_group=spec["groups"],
         group_size=32,
+        peft=PointPeftConfig(query_cache=method == CACHED),
     )
-    if method == "point-peft":
+    model.set_recompute_mlp(method == RECOMPUTE)
+    if model.method == "point-peft":
         gen = torch.Generator().manual_seed(seed + 1)
         model.set_memory_bank(random_bank(spec["bank"], model.cfg.trans_dim, gen))
     return model.to(device).train()
@@ -83,7 +98,8 @@ class Stepper:
         self.opt = torch.optim.AdamW(param_groups(model, 0.05), lr=5e-4)
 
     def forward(self, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.model(points).float(), labels)
+        index = torch.arange(points.shape[0], device=points.device)  # the same samples each step
+        return F.cross_entropy(self.model(points, sample_index=index).float(), labels)
 
     def update(self, loss: torch.Tensor) -> float:
         self.opt.zero_grad(set_to_none=True)
@@ -197,6 +213,13 @@ def summarise(runs: list[dict[str, Any]], configs: list[str], methods: list[str]
             }
             anchor = ANCHORS[config]
             rows["vs_original"] = {k: v / p["step_s"] for k, v in anchor.items()}
+        for variant in VARIANTS:
+            if variant in rows and "full" in rows:
+                v, f = rows[variant], rows["full"]
+                rows.setdefault("variant_ratios", {})[variant] = {
+                    "time": v["step_s"] / f["step_s"],
+                    "memory": v["peak_delta_mib"] / f["peak_delta_mib"],
+                }
         summary[config] = rows
     return summary
 
@@ -250,6 +273,17 @@ def markdown(payload: dict[str, Any]) -> str:
             f"| {_fmt(ra['flops'], 3)} | {vo['released']:.1f}x / {vo['no_grad']:.1f}x "
             f"| ≤ {targets[config]} | ≤ 0.5 |"
         )
+    variants = [(c, name, ra) for c, rows in payload["summary"].items()
+                for name, ra in rows.get("variant_ratios", {}).items()]  # fmt: skip
+    if variants:
+        lines += ["", "Point-PEFT variants against full fine-tuning:", "",
+                  "| config | variant | what | time variant/full | memory variant/full |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for config, name, ra in variants:
+            label = CONFIGS[config]["label"]
+            lines.append(
+                f"| {label} | {name} | {VARIANTS[name]} | {ra['time']:.3f} | {ra['memory']:.3f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -259,7 +293,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per process")
     parser.add_argument("--warmup", type=int, default=2, help="leading steps left out")
     parser.add_argument("--configs", default="scan,modelnet")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(STEP_METHODS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP-counting step")
@@ -286,7 +320,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args)))
         return
-    configs, methods = selected(args.configs, args.methods, CONFIGS, METHODS)
+    configs, methods = selected(args.configs, args.methods, CONFIGS, STEP_METHODS)
     env = {"MALLOC_MMAP_THRESHOLD_": str(args.mmap_threshold)} if args.mmap_threshold else {}
     peak = matmul_peak_gflops(args.threads)
     loads, runs = [load_average()], []

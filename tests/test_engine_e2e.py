@@ -121,10 +121,14 @@ def _interrupt_after(monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
     monkeypatch.setattr(train_mod, "_step_inputs", step)
 
 
-def test_resume_is_bit_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    full = _finetune(tmp_path / "full", "--epochs", "3")
+@pytest.mark.parametrize("extra", [[], ["--query-cache"]], ids=["exact", "query-cache"])
+def test_resume_is_bit_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str]
+) -> None:
+    full = _finetune(tmp_path / "full", "--epochs", "3", *extra)
     _interrupt_after(monkeypatch, 9)  # 6 steps per epoch: stops inside epoch 2
-    res = run_cli("finetune", *QUICK, "--epochs", "3", "--out", str(tmp_path / "cut"), "--json")
+    cut = ["--epochs", "3", "--out", str(tmp_path / "cut"), "--json", *extra]
+    res = run_cli("finetune", *QUICK, *cut)
     assert res.exit_code == 130
     assert res.json()["error"]["type"] == "RunInterrupted"
     info = json.loads((tmp_path / "cut" / "run.json").read_text())
@@ -139,6 +143,7 @@ def test_resume_is_bit_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert resumed.json()["last"] == full["last"]
     lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    assert info["protocol"]["retrieval_query_cache"] is bool(extra)
 
 
 def test_resume_needs_a_run(tmp_path: Path) -> None:
@@ -219,3 +224,29 @@ def test_point_mae_adapter_is_small(tmp_path: Path) -> None:
     assert bad.exit_code == 4 and "sha256" in bad.json()["error"]["message"]
     forced = run_cli("evaluate", "--adapter", str(tmp_path / "ad"), "--force", "--json")
     assert forced.exit_code == 0
+
+
+def test_recompute_mlp_setting_reaches_the_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pointpeft_cli.models.registry import default_config
+    from pointpeft_cli.models.transformer import Block
+
+    calls = {"hidden": 0}
+    real = Block._norm2_hidden
+
+    def counted(self, x):  # type: ignore[no-untyped-def]
+        calls["hidden"] += 1
+        return real(self, x)
+
+    monkeypatch.setattr(Block, "_norm2_hidden", counted)
+    plain = _finetune(tmp_path / "plain", "--epochs", "1")
+    assert calls["hidden"] == 0
+    again = _finetune(tmp_path / "rc", "--epochs", "1", "--set", "train.recompute_mlp=true")
+    # 6 steps (48 clouds, batch 8) x point-mae-mini's blocks, each run forward and in backward
+    depth = default_config("point-mae-mini").depth
+    assert calls["hidden"] == 6 * depth * 2
+    assert again["last"] == plain["last"]
+    a = load_file(str(tmp_path / "plain" / "checkpoints" / "last.safetensors"))
+    b = load_file(str(tmp_path / "rc" / "checkpoints" / "last.safetensors"))
+    assert all(a[k].equal(b[k]) for k in a), "recomputation must not change the numbers"

@@ -48,7 +48,24 @@ def test_recompute_is_bit_identical(monkeypatch: pytest.MonkeyPatch) -> None:
             assert int(buf) == 1
 
 
-def _saved_bytes(recompute: bool) -> int:
+def _count_nested_hooks(monkeypatch: pytest.MonkeyPatch, count) -> None:  # type: ignore[no-untyped-def]
+    """Let `count` also see what hooks installed inside the code under test keep as tensors
+    (only the innermost saved-tensor hooks run, so an outer counter would miss them)."""
+    real = torch.autograd.graph.saved_tensors_hooks
+
+    def nested(pack, unpack):  # type: ignore[no-untyped-def]
+        def counted(t: torch.Tensor):  # type: ignore[no-untyped-def]
+            kept = pack(t)
+            if isinstance(kept, torch.Tensor):
+                count(kept)
+            return kept
+
+        return real(counted, unpack)
+
+    monkeypatch.setattr(torch.autograd.graph, "saved_tensors_hooks", nested)
+
+
+def _saved_bytes(recompute: bool, monkeypatch: pytest.MonkeyPatch) -> int:
     """Bytes that one block's geometry adapter keeps for backward (x itself excluded)."""
     from pointpeft_cli.peft.context import build_context
 
@@ -68,7 +85,9 @@ def _saved_bytes(recompute: bool) -> int:
         storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    hooks = torch.autograd.graph.saved_tensors_hooks
+    _count_nested_hooks(monkeypatch, pack)
+    with hooks(pack, lambda t: t):
         adapter.geometry_update(
             model.blocks.blocks[0], x, 0, ctx.plain, local, (0.3, 0.3), recompute=recompute
         )
@@ -76,8 +95,82 @@ def _saved_bytes(recompute: bool) -> int:
     return sum(storages.values())
 
 
-def test_recompute_saves_fewer_activations() -> None:
-    # recomputed: norm3's output and the propagation segment (GELU input, centre rows, adapter1
-    # input). At width 32 that is 0.76x the bytes; at paper size (width 384, ModelNet40 block)
-    # 9.8 instead of 16.6 MiB, 0.59x.
-    assert _saved_bytes(True) < 0.8 * _saved_bytes(False)
+def test_recompute_saves_fewer_activations(monkeypatch: pytest.MonkeyPatch) -> None:
+    # recomputed: norm3's output, the local attention's gathered q/k/v, and the propagation
+    # segment (normalised pooled groups, GELU input, centre rows, adapter1 input). At width 32
+    # that is 0.38x the bytes (0.76x before the q/k/v and the normalised copy were dropped).
+    assert _saved_bytes(True, monkeypatch) < 0.5 * _saved_bytes(False, monkeypatch)
+
+
+def test_regathered_attention_keeps_no_gathered_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = torch.Generator().manual_seed(3)
+    idx = torch.randint(0, 40, (8 * 5,), generator=gen)
+    grad = torch.randn(8, 2, 5, 3, generator=gen)
+
+    def attend(regather: bool) -> tuple[torch.Tensor, torch.Tensor, set[int]]:
+        torch.manual_seed(0)
+        source = torch.randn(40, 18, generator=torch.Generator().manual_seed(1))
+        source.requires_grad_(True)
+        kept: set[int] = set()
+
+        def count(t: torch.Tensor) -> torch.Tensor:
+            kept.add(t.untyped_storage().data_ptr())
+            return t
+
+        gathered = source.index_select(0, idx)
+        hooks = torch.autograd.graph.saved_tensors_hooks
+        with monkeypatch.context() as m, hooks(count, lambda t: t):
+            _count_nested_hooks(m, count)
+            with adapter._regathered(gathered, source, idx, enabled=regather):
+                q, k, v = gathered.view(8, 5, 3, 2, 3).permute(2, 0, 3, 1, 4).unbind(0)
+                out = F.scaled_dot_product_attention(q, k, v)
+        out.backward(grad)
+        assert source.grad is not None
+        return out.detach(), source.grad, kept - {source.untyped_storage().data_ptr()}
+
+    out, d_source, kept = attend(True)
+    ref_out, ref_d_source, ref_kept = attend(False)
+    assert torch.equal(out, ref_out) and torch.equal(d_source, ref_d_source)
+    assert len(kept) == len(ref_kept) - 1  # the gathered copy is the one storage not kept
+
+
+@pytest.mark.parametrize("method", ["point-peft", "full"])
+def test_recompute_mlp_same_numbers_less_memory(method: str, monkeypatch: pytest.MonkeyPatch):
+    def step(recompute: bool) -> tuple[torch.Tensor, dict, int]:
+        torch.manual_seed(0)
+        model = create_model(
+            "point-mae", num_classes=6, method=method, num_group=16, group_size=8,
+            peft=PointPeftConfig(local_group_size=4), drop_path_rate=0.3, **TINY,
+        ).train()  # fmt: skip
+        model.set_recompute_mlp(recompute)
+        if method == "point-peft":
+            model.set_memory_bank(F.normalize(torch.randn(30, 32), dim=1))
+        pts = torch.randn(4, 200, 3, generator=torch.Generator().manual_seed(1))
+        saved: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        torch.manual_seed(5)
+        hooks = torch.autograd.graph.saved_tensors_hooks
+        with monkeypatch.context() as m, hooks(pack, lambda t: t):
+            _count_nested_hooks(m, pack)
+            logits = model(pts)
+        F.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        return logits.detach(), grads, sum(b for k, b in saved.items() if k not in params)
+
+    logits, grads, kept = step(True)
+    ref_logits, ref_grads, ref_kept = step(False)
+    assert torch.equal(logits, ref_logits)
+    assert grads.keys() == ref_grads.keys()
+    for name, grad in grads.items():
+        assert torch.equal(grad, ref_grads[name]), name
+    # per row of each block (4 samples x (cls + 16 tokens), plus 10 prompts in Point-PEFT's
+    # prompted first block) no longer kept: the GELU input (4 x 32 float32), norm2's mean and
+    # rstd, and, when fc1's weight trains (full), fc1's input (32 float32)
+    rows = sum([4 * (17 + (10 if method == "point-peft" else 0)), 4 * 17])
+    per_row = 4 * 32 * 4 + 2 * 4 + (32 * 4 if method == "full" else 0)
+    assert ref_kept - kept == rows * per_row

@@ -113,5 +113,5 @@ def test_exclude_self_switch() -> None:
         bank = torch.cat([model.retrieval_features(pts), torch.randn(9, 32)])
         model.set_memory_bank(F.normalize(bank, dim=1))
         plain = model(pts)
-        excluded = model(pts, bank_exclude=torch.tensor([0, 1, 2]))
+        excluded = model(pts, sample_index=torch.tensor([0, 1, 2]))
         assert torch.equal(plain, excluded) is not flag

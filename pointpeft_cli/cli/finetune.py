@@ -61,6 +61,15 @@ def finetune(
     folds: Annotated[
         str | None, Opt("--folds", help="Few-shot: run these folds (e.g. 0-9), report mean ± std.")
     ] = None,
+    query_cache: Annotated[
+        bool | None,
+        Opt(
+            "--query-cache/--no-query-cache",
+            help="Approximation (point-peft): compute each training sample's retrieval query "
+            "once and reuse it in later epochs, skipping the frozen retrieval pass there.",
+            show_default=False,
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     cache_dir: CacheDirOpt = None,
 ) -> None:
@@ -79,7 +88,7 @@ def finetune(
         "data.points": points, "train.method": method, "train.epochs": epochs,
         "train.batch_size": batch_size, "train.lr": lr, "train.seed": seed,
         "train.device": device, "data.max_train_samples": max_train_samples,
-        "data.max_test_samples": max_test_samples,
+        "data.max_test_samples": max_test_samples, "peft.query_cache": query_cache,
     }  # fmt: skip
     fold_list = parse_folds(folds) if folds else None
     if resume:

@@ -74,6 +74,7 @@ class TrainConfig:
     select: str = "best"  # best (on the test split, as the papers report) | last
     nan_policy: str = "stop"  # stop | skip
     num_workers: int = 0
+    recompute_mlp: bool = False  # re-run norm2 -> fc1 -> GELU in backward: less memory, more time
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,7 @@ def protocol(cfg: RunConfig, sampling: Any) -> dict[str, Any]:
         ),
         "checkpoint_select": cfg.train.select,
         "memory_bank_exclude_self": bool(cfg.peft.get("exclude_self", False)),
+        "retrieval_query_cache": bool(cfg.peft.get("query_cache", False)),
         "frozen_backbone_batchnorm": "eval mode (running statistics frozen)",
         "epochs": cfg.train.epochs,
         "batch_size": cfg.train.batch_size,

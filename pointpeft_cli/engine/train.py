@@ -153,7 +153,7 @@ def _train_epoch(loop: _Loop, epoch: int) -> dict[str, Any]:
         # a skipped step must leave no trace: its forward pass also moved BatchNorm statistics
         stats = _running_stats(loop.model) if cfg.nan_policy == "skip" else []
         with autocast(loop.device, loop.amp):
-            logits = loop.wrapped(points, bank_exclude=index)
+            logits = loop.wrapped(points, sample_index=index)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
         if not bool(torch.isfinite(loss)):
             if cfg.nan_policy == "skip":
@@ -225,9 +225,16 @@ def _save_epoch(loop: _Loop, record: dict[str, Any], improved: bool) -> None:
             "scaler": loop.scaler.state_dict(),
             "history": loop.history,
             "best": loop.best,
+            **_cache_state(loop.model),
         }
     )
     loop.run.write_metrics(loop.history)
+
+
+def _cache_state(model: torch.nn.Module) -> dict[str, Any]:
+    """The query cache (when on), so a resumed run reuses the queries it had."""
+    cache = getattr(model, "query_cache", None)
+    return {} if cache is None else {"query_cache": cache.state_dict()}
 
 
 def _run_epochs(loop: _Loop, start_epoch: int) -> None:
@@ -269,6 +276,7 @@ def _setup(
         )
     class_names = tuple(train_set.class_names)
     model = build_model(cfg, len(class_names))
+    model.set_recompute_mlp(cfg.train.recompute_mlp)
     weights = load_weights(model, cfg, cache_root)
     model.to(device)
     bank_info: dict[str, Any] = {"used": False}
@@ -346,6 +354,9 @@ def _restore(
     loop.optimizer.load_state_dict(state["optimizer"])
     loop.scaler.load_state_dict(state["scaler"])
     loop.history, loop.best = list(state["history"]), state["best"]
+    cache = getattr(loop.model, "query_cache", None)
+    if cache is not None and "query_cache" in state:
+        cache.load_state_dict(state["query_cache"])
     start_epoch = int(state["epoch"])
     spent = 0.0
     if loop.info.is_main:

@@ -29,6 +29,7 @@ from pointpeft_cli.peft import trainable
 from pointpeft_cli.peft.config import PointPeftConfig
 from pointpeft_cli.peft.context import PointContext, build_context
 from pointpeft_cli.peft.inject import inject
+from pointpeft_cli.peft.query_cache import QueryCache
 from pointpeft_cli.peft.retrieval import check_bank, retrieve
 from pointpeft_cli.peft.snapshot import FrozenSnapshot
 
@@ -156,10 +157,13 @@ class PointCloudClassifier(nn.Module):
         self.register_parameter("prompt_cor", None)
         self.register_buffer("memory_bank", None, persistent=False)
         self.snapshot: FrozenSnapshot | None = None
+        self.query_cache: QueryCache | None = None
         if method == "point-peft":
             self.peft_config = peft or PointPeftConfig()
             inject(self, self.peft_config)
             self.snapshot = FrozenSnapshot(self.frozen_tensors())
+            if self.peft_config.query_cache:
+                self.query_cache = QueryCache(self.cfg.trans_dim)
         trainable.apply_method(self, method)
         self.train()
 
@@ -240,21 +244,32 @@ class PointCloudClassifier(nn.Module):
         """Memory-bank feature `[B, C]` of each cloud (the query retrieval uses)."""
         return self.retrieval_query(points)
 
-    def _context(self, points: Tensor, emb: Embedded, exclude: Tensor | None) -> PointContext:
+    def _context(self, points: Tensor, emb: Embedded, sample_index: Tensor | None) -> PointContext:
         cfg = self.peft_config
         assert cfg is not None and self.prompt_cor is not None
         bank = check_bank(self.memory_bank, self.cfg.trans_dim)
-        query = self.retrieval_query(points, shared=emb)
-        exclude = exclude if cfg.exclude_self else None
+        query = self._query(points, emb, sample_index)
+        exclude = sample_index if cfg.exclude_self else None
         got = retrieve(query, bank, cfg.retrieval_k, cfg.retrieval_temperature, exclude)
         prompt_pos = self.pos_embed(self.prompt_cor).unsqueeze(0) if cfg.prompt_positions else None
         local = (self.blocks.norm3, self.blocks.attn1)
         return build_context(cfg, emb.center, self.prompt_cor, got.prompt_input, prompt_pos, local)
 
-    def forward_features(self, points: Tensor, *, bank_exclude: Tensor | None = None) -> Tensor:
+    def _query(self, points: Tensor, emb: Embedded, sample_index: Tensor | None) -> Tensor:
+        """The retrieval query; from the query cache for training samples when it is on."""
+        cache = self.query_cache
+        if cache is None or sample_index is None or not self.training:
+            return self.retrieval_query(points, shared=emb)
+        miss = cache.missing(sample_index)
+        if bool(miss.any()):
+            part = Embedded(*(t[miss] for t in emb))
+            cache.store(sample_index[miss], self.retrieval_query(points[miss], shared=part))
+        return cache.lookup(sample_index).to(emb.tokens.dtype)
+
+    def forward_features(self, points: Tensor, *, sample_index: Tensor | None = None) -> Tensor:
         """Head input `[B, 2C]` = concat(cls, max over tokens) after the final norm."""
         emb = self.embed(points, self.num_group, self.group_size, frozen=self.frozen_encoder)
-        ctx = None if self.peft_config is None else self._context(points, emb, bank_exclude)
+        ctx = None if self.peft_config is None else self._context(points, emb, sample_index)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.method != "linear"):
             b = points.shape[0]
             x = torch.cat([self.cls_token.expand(b, -1, -1), emb.tokens], dim=1)
@@ -262,17 +277,24 @@ class PointCloudClassifier(nn.Module):
             x = self.norm(self.blocks(x, pos, ctx))
             return torch.cat([x[:, 0], x[:, 1:].max(dim=1).values], dim=-1)
 
-    def forward(self, points: Tensor, *, bank_exclude: Tensor | None = None) -> Tensor:
+    def forward(self, points: Tensor, *, sample_index: Tensor | None = None) -> Tensor:
         """Logits `[B, num_classes]` for clouds `[B, N, 3]`.
 
         Args:
             points: xyz clouds.
-            bank_exclude: `[B]` memory-bank row of each sample (-1 = none); used only when
-                `peft.exclude_self` is on.
+            sample_index: `[B]` row of each sample in the training split, which is its
+                memory-bank row (-1 = none); used in training by `peft.exclude_self` and
+                `peft.query_cache`, ignored otherwise.
         """
-        return self.cls_head_finetune(self.forward_features(points, bank_exclude=bank_exclude))
+        return self.cls_head_finetune(self.forward_features(points, sample_index=sample_index))
 
     # ---------------------------------------------------------------- state I/O
+    def set_recompute_mlp(self, enabled: bool) -> None:
+        """Recompute every block's MLP hidden activation in backward (less memory, one more
+        fc1 per block; the numbers are unchanged)."""
+        for block in self.blocks.blocks:
+            block.recompute_mlp = enabled
+
     def set_memory_bank(self, features: Tensor) -> None:
         """Register `[N, C]` L2-normalised bank rows as a non-persistent buffer."""
         bank = check_bank(features, self.cfg.trans_dim).detach()

@@ -6,6 +6,8 @@ trainability structurally: all parameters of a `PeftModule` train under `point-p
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -204,6 +206,45 @@ def member_max(rows: Tensor, idx: Tensor, lhs: Tensor, rhs: Tensor, k: int) -> T
     return _MemberMax.apply(rows, idx, lhs, rhs, k)
 
 
+class _Regather:
+    """A saved view of `source.index_select(0, idx)`, rebuilt in backward instead of kept."""
+
+    def __init__(self, source: Tensor, idx: Tensor, view: Tensor, shared: dict) -> None:
+        self.source, self.idx, self.shared = source, idx, shared
+        self.geometry = (view.shape, view.stride(), view.storage_offset())
+
+    def tensor(self) -> Tensor:
+        if "gathered" not in self.shared:  # q, k and v share one gather
+            self.shared["gathered"] = self.source.index_select(0, self.idx)
+        return self.shared["gathered"].as_strided(*self.geometry)
+
+
+@contextmanager
+def _regathered(gathered: Tensor, source: Tensor, idx: Tensor, enabled: bool) -> Iterator[None]:
+    """Inside: autograd saves views of `gathered` as a recipe (`source`, `idx`), not a copy.
+
+    The local attention keeps q/k/v (views of the gathered, group-major qkv, K times the rows);
+    backward gathers them again from the row-wise qkv, which costs one `index_select`.
+    """
+    if not (enabled and torch.is_grad_enabled()):
+        yield
+        return
+    storage = gathered.untyped_storage().data_ptr()
+    shared: dict = {}
+    source = source.detach()
+
+    def pack(t: Tensor) -> Tensor | _Regather:
+        if t.untyped_storage().data_ptr() == storage and t.dtype == gathered.dtype:
+            return _Regather(source, idx, t, shared)
+        return t
+
+    def unpack(saved: Tensor | _Regather) -> Tensor:
+        return saved.tensor() if isinstance(saved, _Regather) else saved
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        yield
+
+
 def _row_qkv(rows: Tensor, local: tuple[nn.Module, nn.Module]) -> Tensor:
     norm3, attn1 = local
     return attn1.qkv(norm3(rows))
@@ -223,9 +264,10 @@ def _local_pool(
     # 8x fewer rows, and the gathered tensor is 54 wide instead of C. The attention reads it
     # group-major (contiguous groups suit its kernel); the pooling member-major. norm3's output
     # (kept for qkv's weight gradient, C wide) is recomputed rather than saved.
-    qkv = _run(partial(_row_qkv, local=local), rows, recompute=recompute)
-    qkv = qkv.index_select(0, level.group_major_idx)
-    heads = attn1.heads(qkv.view(-1, k, qkv.shape[-1])).transpose(0, 1)  # [K, N, inner]
+    row_qkv = _run(partial(_row_qkv, local=local), rows, recompute=recompute)
+    qkv = row_qkv.index_select(0, level.group_major_idx)
+    with _regathered(qkv, row_qkv, level.group_major_idx, enabled=recompute):
+        heads = attn1.heads(qkv.view(-1, k, qkv.shape[-1])).transpose(0, 1)  # [K, N, inner]
     # members + DropPath(proj(heads)) as one low-rank update of the gathered members: the
     # per-group mask scales the heads and, as an extra input column, the proj bias.
     ones = heads.new_ones(k, heads.shape[1], 1)
@@ -237,20 +279,41 @@ def _local_pool(
     return member_max(rows, level.flat_idx, lhs.to(rows.dtype), rhs.to(rows.dtype), k)
 
 
+def update_running_stats(bn: nn.BatchNorm1d, x: Tensor) -> None:
+    """What a train-mode `bn(x)` does to `bn`'s running statistics, without its output."""
+    if not (bn.training and bn.track_running_stats):
+        return
+    assert bn.running_mean is not None and bn.running_var is not None
+    assert bn.num_batches_tracked is not None
+    bn.num_batches_tracked.add_(1)
+    momentum = bn.momentum
+    factor = 1.0 / float(bn.num_batches_tracked) if momentum is None else momentum
+    with torch.no_grad():
+        F.batch_norm(x, bn.running_mean, bn.running_var, None, None, True, factor, bn.eps)
+
+
+def normalise(bn: nn.BatchNorm1d, x: Tensor) -> Tensor:
+    """`bn(x)` without touching running statistics (batch statistics in training)."""
+    use_batch = bn.training or not bn.track_running_stats
+    mean, var = (None, None) if use_batch else (bn.running_mean, bn.running_var)
+    return F.batch_norm(x, mean, var, bn.weight, bn.bias, use_batch, 0.0, bn.eps)
+
+
 def _propagate(
     x: Tensor,
-    normed: Tensor,
+    pooled: Tensor,
     flat_center: Tensor,
     weights: Tensor,
     num_prompt: int,
-    modules: tuple[nn.Module, nn.Module],
+    modules: tuple[nn.Module, nn.Module, nn.Module],
     coefs: tuple[float, float],
 ) -> Tensor:
-    """Activate the pooled groups, add centre rows, propagate, then `adapter1` on cls + tokens."""
-    act, adapter1 = modules
+    """Normalise and activate the pooled groups, add centre rows, propagate, then `adapter1`."""
+    bn, act, adapter1 = modules
     center_cof, propagate_cof = coefs
     b, _, c = x.shape
-    vis = act(normed).view(b, -1, c) + center_cof * take_rows(x, flat_center).view(b, -1, c)
+    vis = act(normalise(bn, pooled)).view(b, -1, c)
+    vis = vis + center_cof * take_rows(x, flat_center).view(b, -1, c)
     tokens = x[:, 1 + num_prompt :] + propagate_cof * torch.bmm(weights, vis)
     return adapter1(torch.cat([x[:, :1], tokens], dim=1))
 
@@ -287,8 +350,10 @@ def geometry_update(
 
     The pooling never keeps the `[K, B * G2, C]` members (`member_max`). With `recompute` on,
     two cheap row-wise segments are re-run in backward instead of keeping their C-wide
-    activations: norm3 -> qkv, and everything after `out_transform`'s BatchNorm (which updates
-    running statistics and so must run exactly once): GELU, centre rows, propagation, adapter1.
+    activations: norm3 -> qkv, and everything after the max-pool: `out_transform` (its
+    BatchNorm's running statistics are updated once, outside the segment), centre rows,
+    propagation, adapter1. The local attention's gathered q/k/v are not kept either: backward
+    gathers them again from the row-wise qkv (`_regathered`).
 
     Args:
         block: the block whose `out_transform` / `adapter1` / `drop_path` are used.
@@ -306,7 +371,10 @@ def geometry_update(
     b = x.shape[0]
     keep = block.drop_path.sample_mask(b * level.groups, x)
     pooled = _local_pool(x, level, keep, local, recompute)
-    bn, act = block.out_transform  # the GELU is recomputed with the second segment
-    modules = (act, block.adapter1)
+    bn, act = block.out_transform
+    # BatchNorm's running statistics move once, here; its normalisation is recomputed with the
+    # rest of the segment, so only `pooled` is kept (not also the normalised copy).
+    update_running_stats(bn, pooled)
+    modules = (bn, act, block.adapter1)
     fn = partial(_propagate, num_prompt=num_prompt, modules=modules, coefs=coefs)
-    return _run(fn, x, bn(pooled), level.flat_center, level.weights, recompute=recompute)
+    return _run(fn, x, pooled, level.flat_center, level.weights, recompute=recompute)

@@ -48,7 +48,10 @@ class PointPeftConfig:
             not (only the MLP branch and the local attention are drop-pathed).
         retrieval_temperature: softmax temperature over the top-k cosine similarities.
         exclude_self: at training time skip the bank row of the sample itself (the caller passes
-            each sample's bank row as `bank_exclude`); off = the original's behaviour.
+            each sample's bank row as `sample_index`); off = the original's behaviour.
+        query_cache: an approximation, off by default: compute each training sample's
+            retrieval query once (the first time it is seen) and reuse it in later epochs, which
+            skips the frozen retrieval pass there (`pointpeft_cli.peft.query_cache`).
         idw_eps: added to squared distances in the inverse-distance propagation.
     """
 
@@ -72,6 +75,7 @@ class PointPeftConfig:
     attn_drop_path: bool = False
     retrieval_temperature: float = 1.0
     exclude_self: bool = False
+    query_cache: bool = False
     idw_eps: float = 1e-8
 
     def __post_init__(self) -> None:
