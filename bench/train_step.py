@@ -7,10 +7,13 @@ cross-entropy, backward, gradient clipping (10) and AdamW over the trainable par
 `pointpeft finetune` runs it; sampling and augmentation stay outside the step.
 
 Each (config, method) runs in its own process, methods alternate within a round and the order
-flips every round, so machine load hits all methods alike. Per process: the median step time
-over the warm steps, and the peak RSS above the RSS just before the first step (CPU) or
-`torch.cuda.max_memory_allocated` (GPU). FLOPs come from one extra step under
-`torch.utils.flop_counter.FlopCounterMode` (matmul-type ops only). Variants:
+flips every round, so machine load hits all methods alike. Then, per config, one more process
+builds every method and times them interleaved (one step each in turn, order flipped every
+cycle, `--interleaved` cycles): a shared VM's speed drifts over tens of seconds, and the ratio
+of two steps run back to back is far steadier than the ratio of two processes' medians. Per
+process: the median step time over the warm steps, and the peak RSS above the RSS just before
+the first step (CPU) or `torch.cuda.max_memory_allocated` (GPU). FLOPs come from one extra
+step under `torch.utils.flop_counter.FlopCounterMode` (matmul-type ops only). Variants:
 `point-peft-rc` recomputes the MLP hidden activations (`train.recompute_mlp`, same numbers);
 `point-peft-qc` uses the optional query cache (an approximation), warm: no retrieval pass.
 
@@ -180,6 +183,40 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def interleaved_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """Time every method in one process, one step each in turn, so that drift in the machine's
+    speed (a shared VM's neighbours) hits all methods alike; memory stays per process."""
+    torch.set_num_threads(args.threads)
+    device = args.device
+    spec = CONFIGS[args.config]
+    methods = args.method.split(",")
+    steppers = {m: Stepper(build(args.config, m, device)) for m in methods}
+    gen = torch.Generator().manual_seed(123)
+    batch = (
+        random_clouds(BATCH, spec["points"], gen).to(device),
+        torch.randint(spec["classes"], (BATCH,), generator=gen).to(device),
+    )
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for cycle in range(args.warmup + args.steps):
+        for method in methods if cycle % 2 == 0 else methods[::-1]:
+            _sync(device)
+            start = time.perf_counter()
+            steppers[method].step(*batch)
+            _sync(device)
+            if cycle >= args.warmup:
+                times[method].append(time.perf_counter() - start)
+    return {"config": args.config, "times_s": times, "load_after": load_average()}
+
+
+def paired_ratio(times: dict[str, list[float]], num: str, den: str) -> dict[str, Any] | None:
+    """Median and range of `num / den` over the cycles (each pair ran back to back)."""
+    if num not in times or den not in times:
+        return None
+    ratios = sorted(a / b for a, b in zip(times[num], times[den], strict=True))
+    return {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1],
+            "cycles": len(ratios)}  # fmt: skip
+
+
 def summarise(runs: list[dict[str, Any]], configs: list[str], methods: list[str], peak: float):
     """Per (config, method) medians over rounds, plus Point-PEFT/full ratios."""
     summary: dict[str, Any] = {}
@@ -273,6 +310,31 @@ def markdown(payload: dict[str, Any]) -> str:
             f"| {_fmt(ra['flops'], 3)} | {vo['released']:.1f}x / {vo['no_grad']:.1f}x "
             f"| ≤ {targets[config]} | ≤ 0.5 |"
         )
+    inter = payload.get("interleaved") or {}
+    if inter:
+        lines += [
+            "",
+            f"Interleaved timing (one process per config, {payload['interleaved_cycles']} cycles "
+            "of one step per method in turn, order flipped every cycle; median step s, and the "
+            "ratio of the two steps of each cycle):",
+            "",
+            "| config | "
+            + " | ".join(f"{m} s" for m in payload["methods"])
+            + " | **point-peft/full** (min-max) | variants/full |",
+            "|---|" + "---|" * len(payload["methods"]) + "---|---|",
+        ]
+        for config, res in inter.items():
+            med = [_fmt(statistics.median(res["times_s"][m])) for m in payload["methods"]]
+            main = res["ratios"].get("point-peft")
+            main_txt = (
+                "—"
+                if not main
+                else (f"**{main['median']:.3f}** ({main['min']:.2f}-{main['max']:.2f})")
+            )
+            others = ", ".join(f"{m} {r['median']:.3f}" for m, r in res["ratios"].items()
+                               if m != "point-peft" and r)  # fmt: skip
+            lines.append(f"| {CONFIGS[config]['label']} | " + " | ".join(med)
+                         + f" | {main_txt} | {others or '—'} |")  # fmt: skip
     variants = [(c, name, ra) for c, rows in payload["summary"].items()
                 for name, ra in rows.get("variant_ratios", {}).items()]  # fmt: skip
     if variants:
@@ -304,8 +366,16 @@ def parse_args() -> argparse.Namespace:
         help="bytes: fix glibc's mmap threshold in the workers (MALLOC_MMAP_THRESHOLD_) so freed "
         "tensors go back to the OS and RSS tracks live memory; 0 = the default allocator",
     )
+    parser.add_argument(
+        "--interleaved",
+        type=int,
+        default=8,
+        help="cycles of the interleaved timing phase (all methods in one process, one step each "
+        "in turn); 0 = skip it",
+    )
     parser.add_argument("--out", default="train_step", help="stem of the files in bench/out/")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--interleaved-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--flops", action="store_true", help=argparse.SUPPRESS)
@@ -317,6 +387,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.interleaved_worker:
+        print(json.dumps(interleaved_worker(args)))
+        return
     if args.worker:
         print(json.dumps(worker(args)))
         return
@@ -345,6 +418,25 @@ def main() -> None:
                     f"peak +{run['peak_delta_mib']:.0f} MiB  load {run['load_after']}",
                     flush=True,
                 )
+    interleaved: dict[str, Any] = {}
+    for config in configs if args.interleaved else []:
+        res = run_worker(
+            Path(__file__),
+            ["--interleaved-worker", "--config", config, "--method", ",".join(methods),
+             "--steps", str(args.interleaved),
+             "--warmup", str(args.warmup), "--threads", str(args.threads),
+             "--device", args.device],
+            env,
+        )  # fmt: skip
+        res["ratios"] = {
+            m: paired_ratio(res["times_s"], m, "full")
+            for m in methods
+            if m not in ("full", "linear")
+        }
+        interleaved[config] = res
+        loads.append(res["load_after"])
+        shown = [f"{m} {r['median']:.3f}" for m, r in res["ratios"].items() if r]
+        print(f"interleaved {config} (x full): " + ", ".join(shown), flush=True)
     one_min = [la[0] for la in loads if la]
     payload = {
         "machine": machine_info(args.threads),
@@ -360,6 +452,8 @@ def main() -> None:
         "load_max": max(one_min, default=None),
         "anchors_original_s": ANCHORS,
         "summary": summarise(runs, configs, methods, peak),
+        "interleaved_cycles": args.interleaved,
+        "interleaved": interleaved,
         "runs": runs,
     }
     md = markdown(payload)
