@@ -5,6 +5,7 @@ wall time of the phases (frozen embedding, retrieval pass, rest of the forward, 
 optimizer) measured without the profiler, then the profiler's op table of one more step.
 
     python bench/profile_step.py --config scan --method point-peft [--rows 30] [--shapes]
+        [--memory]   (with MALLOC_MMAP_THRESHOLD_=131072 for live memory)
 
 Writes `bench/out/profile_<config>_<method>.json` (phases) and `.md` (phases and op table).
 """
@@ -17,7 +18,15 @@ import time
 from typing import Any
 
 import torch
-from common import CONFIGS, machine_info, random_clouds, write_outputs
+from common import (
+    CONFIGS,
+    machine_info,
+    peak_rss_mib,
+    random_clouds,
+    reset_peak_rss,
+    rss_mib,
+    write_outputs,
+)
 from train_step import BATCH, STEP_METHODS, Stepper, build
 
 
@@ -51,6 +60,32 @@ def phase_times(model: Any, stepper: Stepper, batch: tuple[torch.Tensor, torch.T
     return {name: statistics.median(vals) for name, vals in times.items()}
 
 
+def memory_phases(stepper: Stepper, batch: tuple[torch.Tensor, torch.Tensor], steps: int):
+    """Per step, RSS (MiB) above the RSS before the first step: at the end of forward, the peak
+    during forward, the peak during backward. Run with `MALLOC_MMAP_THRESHOLD_=131072` so that
+    RSS follows live tensors (freed ones go back to the OS)."""
+    points, labels = batch
+    start = rss_mib()
+    rows = []
+    for _ in range(steps):
+        reset_peak_rss()
+        loss = stepper.forward(points, labels)
+        end, fwd_peak = rss_mib(), peak_rss_mib()
+        reset_peak_rss()
+        stepper.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        bwd_peak = peak_rss_mib()
+        del loss
+        torch.nn.utils.clip_grad_norm_(stepper.params, 10.0)
+        stepper.opt.step()
+        if None in (start, end, fwd_peak, bwd_peak):
+            return []
+        after = rss_mib() or start
+        rows.append({"forward_end": end - start, "forward_peak": fwd_peak - start,
+                     "backward_peak": bwd_peak - start, "after_step": after - start})  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="scan")
@@ -59,6 +94,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps for the phase medians")
     parser.add_argument("--rows", type=int, default=30, help="rows of the op table")
     parser.add_argument("--shapes", action="store_true", help="group the op table by input shape")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="also report where the memory peak falls (forward end / forward / backward); run "
+        "with MALLOC_MMAP_THRESHOLD_=131072 so RSS follows live tensors",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     spec = CONFIGS[args.config]
@@ -67,6 +108,7 @@ def main() -> None:
     points = random_clouds(BATCH, spec["points"], gen)
     labels = torch.randint(spec["classes"], (BATCH,), generator=gen)
     stepper = Stepper(model)
+    memory = memory_phases(stepper, (points, labels), args.steps) if args.memory else []
     phases = phase_times(model, stepper, (points, labels), args.steps)
 
     from torch.profiler import ProfilerActivity, profile
@@ -83,13 +125,24 @@ def main() -> None:
         "|---|---|",
         *[f"| {name} | {sec:.3f} |" for name, sec in phases.items()],
         "",
+    ]
+    if memory:
+        lines += [
+            "| step | MiB at forward end | forward peak | backward peak | after the step |",
+            "|---|---|---|---|---|",
+            *[f"| {i + 1} | {r['forward_end']:.0f} | {r['forward_peak']:.0f} "
+              f"| {r['backward_peak']:.0f} | {r['after_step']:.0f} |"
+              for i, r in enumerate(memory)],
+            "",
+        ]  # fmt: skip
+    lines += [
         "```",
         table,
         "```",
     ]
     md = "\n".join(lines) + "\n"
     payload = {"machine": machine_info(args.threads), "config": args.config, "method": args.method,
-               "phases_s": phases}  # fmt: skip
+               "phases_s": phases, "memory_mib": memory}  # fmt: skip
     paths = write_outputs(f"profile_{args.config}_{args.method}", payload, md)
     print(md)
     print("wrote", *paths)
