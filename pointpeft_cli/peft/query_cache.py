@@ -17,7 +17,12 @@ from pointpeft_cli.errors import UsageError
 
 
 class QueryCache:
-    """Raw retrieval queries `[rows, C]` keyed by training-sample index, grown on demand."""
+    """Raw retrieval queries `[rows, C]` keyed by training-sample index, grown on demand.
+
+    Under torchrun every process fills its own cache; the resume state holds the main
+    process's, so after `--resume` the other processes recompute the queries it lacks (a
+    multi-process resume is not bit-exact with the cache on).
+    """
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
