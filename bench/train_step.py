@@ -132,20 +132,22 @@ def count_flops(stepper: Stepper, points: torch.Tensor, labels: torch.Tensor) ->
     return {"forward": f, "backward": b, "total": f + b}
 
 
+def random_batch(config: str, gen: torch.Generator, device: str):  # type: ignore[no-untyped-def]
+    """One `(points, labels)` training batch of random clouds for `config`."""
+    spec = CONFIGS[config]
+    return (
+        random_clouds(BATCH, spec["points"], gen).to(device),
+        torch.randint(spec["classes"], (BATCH,), generator=gen).to(device),
+    )
+
+
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """Measure one (config, method) in this process."""
     torch.set_num_threads(args.threads)
     device = args.device
-    spec = CONFIGS[args.config]
     model = build(args.config, args.method, device)
     gen = torch.Generator().manual_seed(123)
-    batches = [
-        (
-            random_clouds(BATCH, spec["points"], gen).to(device),
-            torch.randint(spec["classes"], (BATCH,), generator=gen).to(device),
-        )
-        for _ in range(args.steps)
-    ]
+    batches = [random_batch(args.config, gen, device) for _ in range(args.steps)]
     stepper = Stepper(model)
     trainable = sum(p.numel() for p in stepper.params)
     total = sum(p.numel() for p in model.parameters())
@@ -188,14 +190,9 @@ def interleaved_worker(args: argparse.Namespace) -> dict[str, Any]:
     speed (a shared VM's neighbours) hits all methods alike; memory stays per process."""
     torch.set_num_threads(args.threads)
     device = args.device
-    spec = CONFIGS[args.config]
     methods = args.method.split(",")
     steppers = {m: Stepper(build(args.config, m, device)) for m in methods}
-    gen = torch.Generator().manual_seed(123)
-    batch = (
-        random_clouds(BATCH, spec["points"], gen).to(device),
-        torch.randint(spec["classes"], (BATCH,), generator=gen).to(device),
-    )
+    batch = random_batch(args.config, torch.Generator().manual_seed(123), device)
     times: dict[str, list[float]] = {m: [] for m in methods}
     for cycle in range(args.warmup + args.steps):
         for method in methods if cycle % 2 == 0 else methods[::-1]:

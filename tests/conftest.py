@@ -76,6 +76,17 @@ def shared_dir() -> Path:
     raise AssertionError
 
 
+@pytest.fixture
+def restore_threads():  # type: ignore[no-untyped-def]
+    """Keep the process's torch thread count across a test that sets its own (run configs with
+    `train.threads` do, as the shipped pretraining preset does)."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip_net = pytest.mark.skip(reason="network tests are skipped by default")
     try:

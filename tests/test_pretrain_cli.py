@@ -31,11 +31,7 @@ TINY_PRESET = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 def test_print_config_defaults_to_the_shipped_preset() -> None:

@@ -30,12 +30,7 @@ TINY = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    # configs below set one thread (as the shipped preset does); keep the process setting
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 def tiny_config(**train) -> PretrainConfig:
