@@ -377,8 +377,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--flops", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.steps <= args.warmup:
+    # the interleaved worker's --steps are cycles counted after its --warmup cycles
+    if args.steps <= args.warmup and not args.interleaved_worker:
         parser.error("--steps must exceed --warmup")
+    if args.interleaved < 0:
+        parser.error("--interleaved must be >= 0")
     return args
 
 
