@@ -16,12 +16,14 @@ TINY = {
 }  # fmt: skip
 
 
-def _step(recompute: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[torch.Tensor, dict, dict]:
-    monkeypatch.setattr(adapter.geometry_update, "__defaults__", (recompute,))
+def _step(
+    recompute: bool, monkeypatch: pytest.MonkeyPatch, prompt_layers: int = 1
+) -> tuple[torch.Tensor, dict, dict]:
+    monkeypatch.setattr(adapter.geometry_update, "__defaults__", (recompute, None))
     torch.manual_seed(0)
     model = create_model(
-        "point-mae", num_classes=6, num_group=16, group_size=8,
-        peft=PointPeftConfig(local_group_size=4), drop_path_rate=0.3, **TINY,
+        "point-mae", num_classes=6, num_group=16, group_size=8, drop_path_rate=0.3,
+        peft=PointPeftConfig(local_group_size=4, prompt_layers=prompt_layers), **TINY,
     ).train()  # fmt: skip
     model.set_memory_bank(F.normalize(torch.randn(30, 32), dim=1))
     pts = torch.randn(4, 200, 3, generator=torch.Generator().manual_seed(1))
@@ -33,9 +35,12 @@ def _step(recompute: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[torch.Tenso
     return logits.detach(), grads, buffers
 
 
-def test_recompute_is_bit_identical(monkeypatch: pytest.MonkeyPatch) -> None:
-    logits, grads, buffers = _step(True, monkeypatch)
-    ref_logits, ref_grads, ref_buffers = _step(False, monkeypatch)
+@pytest.mark.parametrize("prompt_layers", [1, 2])  # next block unprompted / prompted
+def test_recompute_is_bit_identical(monkeypatch: pytest.MonkeyPatch, prompt_layers: int) -> None:
+    # recomputed in backward: the geometry segments and the next block's entry (position,
+    # prompts, norm1); the block output those segments start from is rebuilt from a recipe
+    logits, grads, buffers = _step(True, monkeypatch, prompt_layers)
+    ref_logits, ref_grads, ref_buffers = _step(False, monkeypatch, prompt_layers)
     assert torch.equal(logits, ref_logits)
     assert grads.keys() == ref_grads.keys()
     assert all(g is not None for g in grads.values())
@@ -100,6 +105,49 @@ def test_recompute_saves_fewer_activations(monkeypatch: pytest.MonkeyPatch) -> N
     # segment (normalised pooled groups, GELU input, centre rows, adapter1 input). At width 32
     # that is 0.38x the bytes (0.76x before the q/k/v and the normalised copy were dropped).
     assert _saved_bytes(True, monkeypatch) < 0.5 * _saved_bytes(False, monkeypatch)
+
+
+def test_blocks_keep_neither_their_output_nor_the_next_input(monkeypatch: pytest.MonkeyPatch):
+    """The tensor each block hands to its geometry adapter and every later block's input
+    (what norm1 would keep) are rebuilt in backward; only block 0's input is kept."""
+    from pointpeft_cli.models.transformer import Block
+    from pointpeft_cli.peft.context import PointContext
+
+    torch.manual_seed(0)
+    model = create_model(
+        "point-mae", num_classes=6, num_group=16, group_size=8,
+        peft=PointPeftConfig(local_group_size=4, prompt_layers=1), **{**TINY, "depth": 3},
+    ).train()  # fmt: skip
+    model.set_memory_bank(F.normalize(torch.randn(30, 32), dim=1))
+    outputs: list[torch.Tensor] = []  # held, so that no later tensor reuses their memory
+    inputs: list[torch.Tensor] = []
+    saved: set[int] = set()
+    real_geometry, real_enter = PointContext.geometry, Block.enter
+
+    def geometry(self, block, x, num_prompt, follow):  # type: ignore[no-untyped-def]
+        outputs.append(x)
+        return real_geometry(self, block, x, num_prompt, follow)
+
+    def enter(self, x, ctx):  # type: ignore[no-untyped-def]
+        entry = real_enter(self, x, ctx)
+        inputs.append(entry.x)
+        return entry
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.add(t.untyped_storage().data_ptr())
+        return t
+
+    monkeypatch.setattr(PointContext, "geometry", geometry)
+    monkeypatch.setattr(Block, "enter", enter)
+    _count_nested_hooks(monkeypatch, pack)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits = model(torch.randn(4, 200, 3, generator=torch.Generator().manual_seed(1)))
+    assert len(outputs) == 3 and len(inputs) == 3
+    address = [t.untyped_storage().data_ptr() for t in [*inputs, *outputs]]
+    assert address[0] in saved  # block 0's entry runs outside any recomputed segment
+    assert not saved & set(address[1:])
+    F.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 def test_regathered_attention_keeps_no_gathered_copy(monkeypatch: pytest.MonkeyPatch) -> None:

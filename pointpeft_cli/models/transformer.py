@@ -7,12 +7,17 @@ checkpoints load without renaming. Blocks carry explicit, empty hook points that
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from functools import partial
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from pointpeft_cli.models.recipes import saved_as_recipe
 
 if TYPE_CHECKING:
     from pointpeft_cli.peft.context import PointContext
@@ -81,6 +86,20 @@ class Mlp(nn.Module):
         return self.act(self.fc1(x))
 
 
+class Entry(NamedTuple):
+    """A Point-PEFT block's input after its entry: rows (prompts inserted), `norm1` of them,
+    and the number of prompt rows."""
+
+    x: Tensor
+    normed: Tensor
+    num_prompt: int
+
+
+def _adapter_sum(x: Tensor, h: Tensor, adapter: nn.Module, hidden: Tensor) -> Tensor:
+    """`x + h + adapter(h)` from the adapter's `hidden` activation (the block's forward maths)."""
+    return x + h + adapter.output(hidden)
+
+
 class Block(nn.Module):
     """Pre-norm transformer block with Point-PEFT hook points.
 
@@ -122,25 +141,51 @@ class Block(nn.Module):
         self.adapter1: nn.Module | None = None
         self.out_transform: nn.Module | None = None
 
-    def forward(self, x: Tensor, ctx: PointContext | None = None) -> Tensor:
-        """One block; `ctx` (centres, indices, retrieved prompts) drives the filled hooks."""
+    def forward(
+        self,
+        x: Tensor | Entry,
+        ctx: PointContext | None = None,
+        follow: Callable[[Tensor], Entry] | None = None,
+    ) -> Tensor | Entry:
+        """One block; `ctx` (centres, indices, retrieved prompts) drives the filled hooks.
+
+        With `ctx`, `x` may be the `Entry` that the previous block's `follow` made, and
+        `follow` (the next block's `enter`) runs on this block's output; the result is then
+        that `Entry`.
+        """
         if ctx is None:
+            assert isinstance(x, Tensor)
             x = x + self.drop_path(self.attn(self.norm1(x)))
             return x + self.drop_path(self._mlp_branch(x))
+        entry = x if isinstance(x, Entry) else self.enter(x, ctx)
+        x, num_prompt = entry.x, entry.num_prompt
+        a = self.attn(entry.normed)
+        x = x + (self.drop_path(a) if self.attn_drop_path else a)
+        h = self.drop_path(self._mlp_branch(x))
+        kept_as: AbstractContextManager = nullcontext()
+        if self.adapter is None:
+            out = x + h
+        else:
+            hidden = self.adapter.hidden(h)
+            out = x + h + self.adapter.output(hidden)
+            # x, h and hidden stay saved (norm2, adapter.ln1, adapter.ln2), so the output that
+            # the geometry adapter's recomputed segments keep is rebuilt from them in backward
+            kept_as = saved_as_recipe(out, partial(_adapter_sum, x, h, self.adapter, hidden))
+        if self.adapter1 is not None:
+            with kept_as:
+                return ctx.geometry(self, out, num_prompt, follow)
+        if num_prompt:
+            out = torch.cat([out[:, :1], out[:, 1 + num_prompt :]], dim=1)
+        return out if follow is None else follow(out)
+
+    def enter(self, x: Tensor, ctx: PointContext) -> Entry:
+        """This block's input rows (with its prompts when it is prompted) and `norm1` of them."""
         num_prompt = 0
         if self.prompt_embeddings is not None:
             prompts = ctx.layer_prompts(self)
             num_prompt = prompts.shape[1]
             x = torch.cat([x[:, :1], prompts, x[:, 1:]], dim=1)
-        a = self.attn(self.norm1(x))
-        x = x + (self.drop_path(a) if self.attn_drop_path else a)
-        h = self.drop_path(self._mlp_branch(x))
-        x = x + h if self.adapter is None else x + h + self.adapter(h)
-        if self.adapter1 is not None:
-            return ctx.geometry(self, x, num_prompt)
-        if num_prompt:
-            x = torch.cat([x[:, :1], x[:, 1 + num_prompt :]], dim=1)
-        return x
+        return Entry(x, self.norm1(x), num_prompt)
 
     def _norm2_hidden(self, x: Tensor) -> Tensor:
         return self.mlp.hidden(self.norm2(x))
@@ -186,9 +231,23 @@ class TransformerEncoder(nn.Module):
         self.norm3: nn.Module | None = None
 
     def forward(self, x: Tensor, pos: Tensor, ctx: PointContext | None = None) -> Tensor:
-        for block in self.blocks:
-            x = block(x + pos, ctx)
-        return x
+        if ctx is None:
+            for block in self.blocks:
+                x = block(x + pos)
+            return x
+        # Point-PEFT: each block's output runs into the next block's entry (position, prompts,
+        # norm1) inside the block's recomputed geometry segment, so that norm1's input is
+        # rebuilt in backward instead of kept.
+        out: Tensor | Entry = x + pos
+        for block, successor in zip(self.blocks, [*self.blocks[1:], None], strict=True):
+            follow = None if successor is None else partial(_enter, successor, pos=pos, ctx=ctx)
+            out = block(out, ctx, follow)
+        assert isinstance(out, Tensor)
+        return out
+
+
+def _enter(block: Block, x: Tensor, pos: Tensor, ctx: PointContext) -> Entry:
+    return block.enter(x + pos, ctx)
 
 
 class PatchEncoder(nn.Module):

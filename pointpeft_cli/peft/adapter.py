@@ -6,15 +6,16 @@ trainability structurally: all parameters of a `PeftModule` train under `point-p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from pointpeft_cli.models.recipes import saved_as_recipe
 
 if TYPE_CHECKING:
     from pointpeft_cli.models.transformer import Block
@@ -50,8 +51,12 @@ class Bottleneck(PeftModule):
             nn.init.xavier_uniform_(lin.weight)
             nn.init.normal_(lin.bias, std=1e-6)
 
+    def hidden(self, x: Tensor) -> Tensor:
+        """The rank-wide activation `drop(QuickGELU(ln1(x)))`."""
+        return self.dropout(self.activate(self.ln1(x)))
+
     def forward(self, x: Tensor) -> Tensor:
-        out = self.ln2(self.dropout(self.activate(self.ln1(x))))
+        out = self.ln2(self.hidden(x))
         return x + out if self.residual else out
 
 
@@ -62,8 +67,12 @@ class MlpAdapter(Bottleneck):
         super().__init__(dim, rank, dropout, residual=False)
         self.scale = scale
 
+    def output(self, hidden: Tensor) -> Tensor:
+        """`scale * ln2(hidden)`: the adapter's output from its `hidden` activation."""
+        return self.scale * self.ln2(hidden)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.scale * super().forward(x)
+        return self.output(self.hidden(x))
 
 
 class OutTransform(nn.Sequential, PeftModule):
@@ -206,43 +215,14 @@ def member_max(rows: Tensor, idx: Tensor, lhs: Tensor, rhs: Tensor, k: int) -> T
     return _MemberMax.apply(rows, idx, lhs, rhs, k)
 
 
-class _Regather:
-    """A saved view of `source.index_select(0, idx)`, rebuilt in backward instead of kept."""
-
-    def __init__(self, source: Tensor, idx: Tensor, view: Tensor, shared: dict) -> None:
-        self.source, self.idx, self.shared = source, idx, shared
-        self.geometry = (view.shape, view.stride(), view.storage_offset())
-
-    def tensor(self) -> Tensor:
-        if "gathered" not in self.shared:  # q, k and v share one gather
-            self.shared["gathered"] = self.source.index_select(0, self.idx)
-        return self.shared["gathered"].as_strided(*self.geometry)
-
-
-@contextmanager
-def _regathered(gathered: Tensor, source: Tensor, idx: Tensor, enabled: bool) -> Iterator[None]:
-    """Inside: autograd saves views of `gathered` as a recipe (`source`, `idx`), not a copy.
+def _regathered(gathered: Tensor, source: Tensor, idx: Tensor, enabled: bool):  # type: ignore[no-untyped-def]
+    """Inside: autograd saves views of `gathered = source.index_select(0, idx)` as a recipe.
 
     The local attention keeps q/k/v (views of the gathered, group-major qkv, K times the rows);
     backward gathers them again from the row-wise qkv, which costs one `index_select`.
     """
-    if not (enabled and torch.is_grad_enabled()):
-        yield
-        return
-    storage = gathered.untyped_storage().data_ptr()
-    shared: dict = {}
-    source = source.detach()
-
-    def pack(t: Tensor) -> Tensor | _Regather:
-        if t.untyped_storage().data_ptr() == storage and t.dtype == gathered.dtype:
-            return _Regather(source, idx, t, shared)
-        return t
-
-    def unpack(saved: Tensor | _Regather) -> Tensor:
-        return saved.tensor() if isinstance(saved, _Regather) else saved
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        yield
+    rebuild = partial(torch.index_select, source.detach(), 0, idx)
+    return saved_as_recipe(gathered, rebuild, enabled=enabled)
 
 
 def _row_qkv(rows: Tensor, local: tuple[nn.Module, nn.Module]) -> Tensor:
@@ -307,18 +287,21 @@ def _propagate(
     num_prompt: int,
     modules: tuple[nn.Module, nn.Module, nn.Module],
     coefs: tuple[float, float],
-) -> Tensor:
-    """Normalise and activate the pooled groups, add centre rows, propagate, then `adapter1`."""
+    follow: Callable[[Tensor], Any] | None = None,
+) -> Any:
+    """Normalise and activate the pooled groups, add centre rows, propagate, then `adapter1`,
+    then `follow` (the next block's entry) on the result."""
     bn, act, adapter1 = modules
     center_cof, propagate_cof = coefs
     b, _, c = x.shape
     vis = act(normalise(bn, pooled)).view(b, -1, c)
     vis = vis + center_cof * take_rows(x, flat_center).view(b, -1, c)
     tokens = x[:, 1 + num_prompt :] + propagate_cof * torch.bmm(weights, vis)
-    return adapter1(torch.cat([x[:, :1], tokens], dim=1))
+    out = adapter1(torch.cat([x[:, :1], tokens], dim=1))
+    return out if follow is None else follow(out)
 
 
-def _run(fn, *args, recompute: bool) -> Tensor:  # type: ignore[no-untyped-def]
+def _run(fn, *args, recompute: bool) -> Any:  # type: ignore[no-untyped-def]
     """`fn(*args)`, recomputed in backward instead of saving its activations when training.
 
     Non-reentrant checkpointing keeps only the inputs (the block output `x`, indices, small
@@ -338,7 +321,8 @@ def geometry_update(
     local: tuple[nn.Module, nn.Module],
     coefs: tuple[float, float],
     recompute: bool = True,
-) -> Tensor:
+    follow: Callable[[Tensor], Any] | None = None,
+) -> Any:
     """The geometry-aware adapter after a block's MLP branch (method.md §3.4-3.7, fixed).
 
     Rows = [prompts, tokens] of each sample (cls excluded). Groups of `level` index those rows;
@@ -352,8 +336,10 @@ def geometry_update(
     two cheap row-wise segments are re-run in backward instead of keeping their C-wide
     activations: norm3 -> qkv, and everything after the max-pool: `out_transform` (its
     BatchNorm's running statistics are updated once, outside the segment), centre rows,
-    propagation, adapter1. The local attention's gathered q/k/v are not kept either: backward
-    gathers them again from the row-wise qkv (`_regathered`).
+    propagation, adapter1, and `follow`: the next block's entry (position, prompts, norm1), so
+    that the next block's input is not kept for its norm1 either. The local attention's
+    gathered q/k/v are not kept: backward gathers them again from the row-wise qkv
+    (`_regathered`).
 
     Args:
         block: the block whose `out_transform` / `adapter1` / `drop_path` are used.
@@ -363,9 +349,10 @@ def geometry_update(
         local: the shared `(norm3, attn1)`.
         coefs: `(center_cof, propagate_cof)`.
         recompute: trade the segments' saved activations for a re-run in backward.
+        follow: run on the `[B, 1 + G, C]` result inside the recomputed segment.
 
     Returns:
-        `[B, 1 + G, C]`.
+        `[B, 1 + G, C]`, or what `follow` returns for it.
     """
     x = x.contiguous()
     b = x.shape[0]
@@ -376,5 +363,5 @@ def geometry_update(
     # rest of the segment, so only `pooled` is kept (not also the normalised copy).
     update_running_stats(bn, pooled)
     modules = (bn, act, block.adapter1)
-    fn = partial(_propagate, num_prompt=num_prompt, modules=modules, coefs=coefs)
+    fn = partial(_propagate, num_prompt=num_prompt, modules=modules, coefs=coefs, follow=follow)
     return _run(fn, x, pooled, level.flat_center, level.weights, recompute=recompute)

@@ -6,8 +6,9 @@ prompts, coefficients) with one object; blocks call `layer_prompts` and `geometr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -104,11 +105,14 @@ class PointContext:
         prompts = emb + block.cp_adapter(self.prompt_input)
         return prompts if self.prompt_pos is None else prompts + self.prompt_pos
 
-    def geometry(self, block: Block, x: Tensor, num_prompt: int) -> Tensor:
-        """Run the geometry-aware adapter of `block` on `x = [cls, prompts, tokens]`."""
+    def geometry(
+        self, block: Block, x: Tensor, num_prompt: int, follow: Callable[[Tensor], Any] | None
+    ) -> Any:
+        """Run the geometry-aware adapter of `block` on `x = [cls, prompts, tokens]`, then
+        `follow` on its output (inside the adapter's recomputed segment)."""
         level = self.prompted if num_prompt else self.plain
         coefs = (self.cfg.center_cof, self.cfg.propagate_cof)
-        return geometry_update(block, x, num_prompt, level, self.local, coefs)
+        return geometry_update(block, x, num_prompt, level, self.local, coefs, follow=follow)
 
 
 def build_context(
