@@ -56,3 +56,21 @@ def test_recipe_target_must_own_its_storage(target: str) -> None:
     recipe = saved_as_recipe(tensor, tensor.clone)
     with pytest.raises(ValueError, match="owning its storage"), recipe:
         pass
+
+
+def test_recipe_rebuilds_under_the_forward_autocast() -> None:
+    # bf16 autocast on CPU stands in for CUDA AMP: the rebuilt sum must use the bf16 matmul
+    def run(use_recipe: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(8, 16, generator=gen, requires_grad=True)
+        w = torch.randn(16, 16, generator=gen, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            total = x + F.linear(x, w)  # float32 + bfloat16 -> float32
+            with saved_as_recipe(total, lambda: x + F.linear(x, w), enabled=use_recipe):
+                out = F.gelu(total).sum()
+        out.backward()
+        assert x.grad is not None and w.grad is not None
+        return x.grad, w.grad
+
+    (dx, dw), (ref_dx, ref_dw) = run(True), run(False)
+    assert torch.equal(dx, ref_dx) and torch.equal(dw, ref_dw)

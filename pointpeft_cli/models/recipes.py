@@ -18,16 +18,20 @@ from torch import Tensor
 class _Recipe:
     """One saved view of a recipe's target; the first unpack rebuilds the target for all."""
 
-    __slots__ = ("geometry", "rebuild", "shared")
+    __slots__ = ("autocast", "geometry", "rebuild", "shared")
 
-    def __init__(self, rebuild: Callable[[], Tensor], view: Tensor, shared: dict) -> None:
-        self.rebuild, self.shared = rebuild, shared
+    def __init__(
+        self, rebuild: Callable[[], Tensor], view: Tensor, shared: dict, autocast: dict
+    ) -> None:
+        self.rebuild, self.shared, self.autocast = rebuild, shared, autocast
         self.geometry = (view.shape, view.stride(), view.storage_offset())
 
     def tensor(self) -> Tensor:
         value = self.shared.get("value")
         if value is None:
-            with torch.no_grad():
+            # backward runs outside the forward's autocast region: restore it, or a recipe with
+            # a matmul would rebuild in another precision (or fail on mixed dtypes)
+            with torch.no_grad(), torch.autocast(**self.autocast):
                 value = self.shared["value"] = self.rebuild()
         return value.as_strided(*self.geometry)
 
@@ -44,8 +48,9 @@ def saved_as_recipe(
 
     `rebuild()` must return `target`'s exact value, contiguous, from tensors that stay saved
     anyway (a recipe that holds tensors nothing else keeps saves nothing). It runs without
-    autograd, once, when backward first needs one of the saved views; the rebuilt tensor lives
-    until the last of them is released. Inactive when `enabled` is False or autograd is off.
+    autograd and under the autocast state of the forward, once, when backward first needs one
+    of the saved views; the rebuilt tensor lives until the last of them is released. Inactive
+    when `enabled` is False or autograd is off.
 
     Raises:
         ValueError: `target` is not a contiguous tensor that owns its whole storage (views of
@@ -59,10 +64,16 @@ def saved_as_recipe(
         raise ValueError("a recipe target must be a contiguous tensor owning its storage")
     address, dtype = storage.data_ptr(), target.dtype
     shared: dict = {}
+    device = target.device.type
+    autocast = {
+        "device_type": device,
+        "dtype": torch.get_autocast_dtype(device),
+        "enabled": torch.is_autocast_enabled(device),
+    }
 
     def pack(t: Tensor) -> Tensor | _Recipe:
         if t.dtype == dtype and t.untyped_storage().data_ptr() == address:
-            return _Recipe(rebuild, t, shared)
+            return _Recipe(rebuild, t, shared, autocast)
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, _unpack):
