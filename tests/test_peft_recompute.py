@@ -101,10 +101,12 @@ def _saved_bytes(recompute: bool, monkeypatch: pytest.MonkeyPatch) -> int:
 
 
 def test_recompute_saves_fewer_activations(monkeypatch: pytest.MonkeyPatch) -> None:
-    # recomputed: norm3's output, the local attention's gathered q/k/v, and the propagation
-    # segment (normalised pooled groups, GELU input, centre rows, adapter1 input). At width 32
-    # that is 0.38x the bytes (0.76x before the q/k/v and the normalised copy were dropped).
-    assert _saved_bytes(True, monkeypatch) < 0.5 * _saved_bytes(False, monkeypatch)
+    # recomputed: norm3's output, the local attention's gathered q/k/v, the propagation
+    # segment (normalised pooled groups, GELU input, centre rows, adapter1 input), and the
+    # pooling's low-rank left factor (rebuilt from the attention output). At width 32 that is
+    # 0.25x the bytes (0.38x with the left factor kept, 0.76x before the q/k/v and the
+    # normalised copy were dropped).
+    assert _saved_bytes(True, monkeypatch) < 0.3 * _saved_bytes(False, monkeypatch)
 
 
 def test_blocks_keep_neither_their_output_nor_the_next_input(monkeypatch: pytest.MonkeyPatch):

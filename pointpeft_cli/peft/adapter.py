@@ -101,12 +101,16 @@ class LocalAttention(PeftModule):
         self.qkv = nn.Linear(dim, inner * 3, bias=False)
         self.proj = nn.Linear(inner, dim)
 
+    def attend(self, qkv: Tensor) -> Tensor:
+        """Attention within groups from precomputed `qkv [N, K, 3*inner]` -> `[N, heads, K, d]`."""
+        n, k, _ = qkv.shape
+        q, key, v = qkv.view(n, k, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        return F.scaled_dot_product_attention(q, key, v, scale=self.scale)
+
     def heads(self, qkv: Tensor) -> Tensor:
         """Attention within groups from precomputed `qkv [N, K, 3*inner]` -> `[N, K, inner]`."""
         n, k, _ = qkv.shape
-        q, key, v = qkv.view(n, k, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, key, v, scale=self.scale)
-        return out.transpose(1, 2).reshape(n, k, self.inner)
+        return self.attend(qkv).transpose(1, 2).reshape(n, k, self.inner)
 
     def forward(self, x: Tensor) -> Tensor:
         """Attention over the token axis of `[N, K, dim]` (the original's `attn1(x)`)."""
@@ -247,16 +251,26 @@ def _local_pool(
     row_qkv = _run(partial(_row_qkv, local=local), rows, recompute=recompute)
     qkv = row_qkv.index_select(0, level.group_major_idx)
     with _regathered(qkv, row_qkv, level.group_major_idx, enabled=recompute):
-        heads = attn1.heads(qkv.view(-1, k, qkv.shape[-1])).transpose(0, 1)  # [K, N, inner]
-    # members + DropPath(proj(heads)) as one low-rank update of the gathered members: the
-    # per-group mask scales the heads and, as an extra input column, the proj bias.
-    ones = heads.new_ones(k, heads.shape[1], 1)
+        attended = attn1.attend(qkv.view(-1, k, qkv.shape[-1]))
+    # members + DropPath(proj(heads)) as one low-rank update of the gathered members; its left
+    # factor is rebuilt in backward from the attention output, which the attention keeps anyway
+    update = partial(_update_lhs, attended, keep, rows.dtype)
+    lhs = update()
+    rhs = torch.cat([attn1.proj.weight.t(), attn1.proj.bias.unsqueeze(0)], dim=0)
+    with saved_as_recipe(lhs, update, enabled=recompute):
+        return member_max(rows, level.flat_idx, lhs, rhs.to(rows.dtype), k)
+
+
+def _update_lhs(attended: Tensor, keep: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """`[K * N, inner + 1]`: each member's heads and a ones column (for proj's bias), both
+    scaled by its group's DropPath mask, from the attention output `[N, heads, K, d]`."""
+    n, _, k, _ = attended.shape
+    heads = attended.transpose(1, 2).reshape(n, k, -1).transpose(0, 1)  # [K, N, inner]
+    ones = heads.new_ones(k, n, 1)
     if keep is not None:
         ones = keep.expand(k, -1, -1)
         heads = heads * ones
-    lhs = torch.cat([heads, ones], dim=-1).view(-1, attn1.inner + 1)
-    rhs = torch.cat([attn1.proj.weight.t(), attn1.proj.bias.unsqueeze(0)], dim=0)
-    return member_max(rows, level.flat_idx, lhs.to(rows.dtype), rhs.to(rows.dtype), k)
+    return torch.cat([heads, ones], dim=-1).view(k * n, -1).to(dtype)
 
 
 def update_running_stats(bn: nn.BatchNorm1d, x: Tensor) -> None:
@@ -339,7 +353,8 @@ def geometry_update(
     propagation, adapter1, and `follow`: the next block's entry (position, prompts, norm1), so
     that the next block's input is not kept for its norm1 either. The local attention's
     gathered q/k/v are not kept: backward gathers them again from the row-wise qkv
-    (`_regathered`).
+    (`_regathered`), and the pooling's low-rank left factor is rebuilt from the attention
+    output, which the attention keeps anyway.
 
     Args:
         block: the block whose `out_transform` / `adapter1` / `drop_path` are used.
