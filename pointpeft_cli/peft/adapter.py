@@ -7,6 +7,7 @@ trainability structurally: all parameters of a `PeftModule` train under `point-p
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -219,7 +220,9 @@ def member_max(rows: Tensor, idx: Tensor, lhs: Tensor, rhs: Tensor, k: int) -> T
     return _MemberMax.apply(rows, idx, lhs, rhs, k)
 
 
-def _regathered(gathered: Tensor, source: Tensor, idx: Tensor, enabled: bool):  # type: ignore[no-untyped-def]
+def _regathered(
+    gathered: Tensor, source: Tensor, idx: Tensor, enabled: bool
+) -> AbstractContextManager[None]:
     """Inside: autograd saves views of `gathered = source.index_select(0, idx)` as a recipe.
 
     The local attention keeps q/k/v (views of the gathered, group-major qkv, K times the rows);
