@@ -52,7 +52,7 @@ def phase_times(model: Any, stepper: Stepper, batch: tuple[torch.Tensor, torch.T
                 emb = timed("embed", model.embed, points, model.num_group, model.group_size, True)
                 timed("retrieval pass", model.retrieval_query, points, emb)
         loss = timed("forward (whole)", stepper.forward, points, labels)
-        stepper.opt.zero_grad(set_to_none=True)
+        stepper.opt.zero_grad(set_to_none=False)
         timed("backward", loss.backward)
         timed("clip + AdamW", optimizer_step)
         if i == 0:
@@ -72,7 +72,7 @@ def memory_phases(stepper: Stepper, batch: tuple[torch.Tensor, torch.Tensor], st
         loss = stepper.forward(points, labels)
         end, fwd_peak = rss_mib(), peak_rss_mib()
         reset_peak_rss()
-        stepper.opt.zero_grad(set_to_none=True)
+        stepper.opt.zero_grad(set_to_none=False)
         loss.backward()
         bwd_peak = peak_rss_mib()
         del loss

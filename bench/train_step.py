@@ -91,21 +91,31 @@ def build(config: str, method: str, device: str, seed: int = 0) -> torch.nn.Modu
 
 
 class Stepper:
-    """One training step exactly as the engine runs it (no AMP, clip 10, AdamW 5e-4 / 0.05)."""
+    """One training step exactly as the engine runs it (no AMP, clip 10, AdamW 5e-4 / 0.05).
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    `keep_grads=False` frees the gradients before every backward instead of keeping one buffer
+    per parameter from the first forward on (what the engine did before it kept them; same
+    numbers, for measuring what keeping them does to memory and time).
+    """
+
+    def __init__(self, model: torch.nn.Module, keep_grads: bool = True) -> None:
         from pointpeft_cli.peft.trainable import param_groups
 
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(param_groups(model, 0.05), lr=5e-4)
+        self.keep_grads = keep_grads
 
     def forward(self, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        from pointpeft_cli.engine.grads import keep_gradients
+
+        if self.keep_grads:
+            keep_gradients(self.params)  # allocates once, before the first forward
         index = torch.arange(points.shape[0], device=points.device)  # the same samples each step
         return F.cross_entropy(self.model(points, sample_index=index).float(), labels)
 
     def update(self, loss: torch.Tensor) -> float:
-        self.opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=not self.keep_grads)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 10.0)
         self.opt.step()
@@ -148,7 +158,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     model = build(args.config, args.method, device)
     gen = torch.Generator().manual_seed(123)
     batches = [random_batch(args.config, gen, device) for _ in range(args.steps)]
-    stepper = Stepper(model)
+    stepper = Stepper(model, keep_grads=args.grads == "kept")
     trainable = sum(p.numel() for p in stepper.params)
     total = sum(p.numel() for p in model.parameters())
     _sync(device)
@@ -191,7 +201,8 @@ def interleaved_worker(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     device = args.device
     methods = args.method.split(",")
-    steppers = {m: Stepper(build(args.config, m, device)) for m in methods}
+    keep = args.grads == "kept"
+    steppers = {m: Stepper(build(args.config, m, device), keep) for m in methods}
     batch = random_batch(args.config, torch.Generator().manual_seed(123), device)
     times: dict[str, list[float]] = {m: [] for m in methods}
     for cycle in range(args.warmup + args.steps):
@@ -273,7 +284,7 @@ def markdown(payload: dict[str, Any]) -> str:
         f"(median of steps {payload['warmup'] + 1}-{payload['steps']}); "
         f"matmul peak {payload['matmul_peak_gflops']:.0f} GFLOP/s; "
         f"load average seen {payload['load_min']}-{payload['load_max']}; "
-        f"malloc: {payload['malloc']}.",
+        f"malloc: {payload['malloc']}; gradient buffers: {payload.get('grads', 'freed')}.",
         "",
         "| config | method | step s (rounds) | **median s** | CPU s | samples/s "
         "| peak mem MiB (rounds) | **median MiB** | trainable | GFLOP fwd / bwd+opt / total "
@@ -357,6 +368,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP-counting step")
     parser.add_argument(
+        "--grads",
+        choices=("kept", "freed"),
+        default="kept",
+        help="gradient buffers: kept from the first forward on, as the engine does, or freed "
+        "before every backward (the engine before kept buffers; same numbers)",
+    )
+    parser.add_argument(
         "--mmap-threshold",
         type=int,
         default=0,
@@ -406,7 +424,7 @@ def main() -> None:
                     Path(__file__),
                     ["--config", config, "--method", method, "--steps", str(args.steps),
                      "--warmup", str(args.warmup), "--threads", str(args.threads),
-                     "--device", args.device, *extra],
+                     "--device", args.device, "--grads", args.grads, *extra],
                     env,
                 )  # fmt: skip
                 run["round"] = rnd + 1
@@ -425,7 +443,7 @@ def main() -> None:
             ["--interleaved-worker", "--config", config, "--method", ",".join(methods),
              "--steps", str(args.interleaved),
              "--warmup", str(args.warmup), "--threads", str(args.threads),
-             "--device", args.device],
+             "--device", args.device, "--grads", args.grads],
             env,
         )  # fmt: skip
         res["ratios"] = {
@@ -448,6 +466,7 @@ def main() -> None:
         "methods": methods,
         "matmul_peak_gflops": peak,
         "malloc": f"MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}" if env else "glibc default",
+        "grads": args.grads,
         "load_min": min(one_min, default=None),
         "load_max": max(one_min, default=None),
         "anchors_original_s": ANCHORS,

@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from pointpeft_cli import __version__
+from pointpeft_cli.engine.grads import keep_gradients
 from pointpeft_cli.engine.pretrain_config import PretrainConfig, read_pretrain_config
 from pointpeft_cli.engine.pretrain_data import build_source, collate_points, describe_source
 from pointpeft_cli.engine.rundir import RunDir
@@ -125,6 +126,7 @@ def _train_epoch(loop: _Loop, epoch: int) -> dict[str, Any]:
     advance = loop.hooks.progress(f"epoch {epoch + 1}/{t.epochs}", total)
     loop.model.train()
     params = [p for p in loop.model.parameters() if p.requires_grad]
+    keep_gradients(params)
     loss_sum, seen, start = 0.0, 0, time.perf_counter()
     for points in loader:
         points = augment(points, loop.cfg.data.augment, rng).to(loop.device)
@@ -134,7 +136,7 @@ def _train_epoch(loop: _Loop, epoch: int) -> dict[str, Any]:
                 f"the reconstruction loss became {loss.item()} at epoch {epoch + 1}",
                 hint="resume from the last epoch with a lower --lr",
             )
-        loop.optimizer.zero_grad(set_to_none=True)
+        loop.optimizer.zero_grad(set_to_none=False)
         loss.backward()
         if t.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, t.grad_clip)

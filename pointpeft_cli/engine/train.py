@@ -21,6 +21,7 @@ from pointpeft_cli.config.presets import dump_config
 from pointpeft_cli.config.schema import RunConfig
 from pointpeft_cli.engine import distributed as D
 from pointpeft_cli.engine.evaluate import predict_logits, report_from_logits
+from pointpeft_cli.engine.grads import keep_gradients
 from pointpeft_cli.engine.prepare import (
     Progress,
     Sampling,
@@ -145,6 +146,7 @@ def _train_epoch(loop: _Loop, epoch: int) -> dict[str, Any]:
     loader = _train_loader(loop, epoch)
     loop.wrapped.train()
     params = [p for p in loop.model.parameters() if p.requires_grad]
+    keep_gradients(params)
     advance = loop.hooks.progress(f"epoch {epoch + 1}/{cfg.epochs}", len(loader.dataset))
     loss_sum, correct, seen, skipped = 0.0, 0, 0, 0
     start = time.perf_counter()
@@ -171,7 +173,7 @@ def _train_epoch(loop: _Loop, epoch: int) -> dict[str, Any]:
                 hint="resume from the last good checkpoint with a lower --lr, or "
                 "--set train.nan_policy=skip",
             )
-        loop.optimizer.zero_grad(set_to_none=True)
+        loop.optimizer.zero_grad(set_to_none=False)
         loop.scaler.scale(loss).backward()
         if cfg.grad_clip:
             loop.scaler.unscale_(loop.optimizer)
