@@ -2,13 +2,14 @@
 
 With `zero_grad(set_to_none=True)` every step frees the gradients and the next backward
 allocates them again, wherever the heap has room among that step's activations. On CPU, glibc
-never gives those scattered holes back, so the process's resident memory grows for several
+does not give those scattered holes back, so the process's resident memory grows for several
 steps beyond what it holds live. Allocated before the first forward and zeroed in place
 (`zero_grad(set_to_none=False)`) the buffers stay put and every step allocates in the same
-pattern: peak RSS fell 15 % for Point-PEFT and 8-13 % for full fine-tuning at paper size
-(BENCHMARKS.md, Run 10). The numbers do not change: backward adds each gradient to a zero
-buffer, and every trainable parameter of every model gets a gradient each step (a kept
-buffer that stayed zero would still let AdamW decay its parameter; tests guard this).
+pattern: peak RSS fell 16-18 % for Point-PEFT and 3-6 % for full fine-tuning at paper size,
+at no measurable cost in time (BENCHMARKS.md, Run 10). The numbers do not change: backward
+adds each gradient to a zero buffer, and every trainable parameter of every model gets a
+gradient each step (a kept buffer that stayed zero would still let AdamW decay its parameter;
+tests guard this).
 """
 
 from __future__ import annotations
