@@ -155,6 +155,12 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     """Measure one (config, method) in this process."""
     torch.set_num_threads(args.threads)
     device = args.device
+    # numba's import and the kernels' loading are start-up costs, like `import torch`: paid
+    # before the baseline RSS, as the engine does before its first epoch
+    if device == "cpu":
+        from pointpeft_cli.peft import kernels
+
+        kernels.warm_up()
     model = build(args.config, args.method, device)
     gen = torch.Generator().manual_seed(123)
     batches = [random_batch(args.config, gen, device) for _ in range(args.steps)]
@@ -284,7 +290,8 @@ def markdown(payload: dict[str, Any]) -> str:
         f"(median of steps {payload['warmup'] + 1}-{payload['steps']}); "
         f"matmul peak {payload['matmul_peak_gflops']:.0f} GFLOP/s; "
         f"load average seen {payload['load_min']}-{payload['load_max']}; "
-        f"malloc: {payload['malloc']}; gradient buffers: {payload.get('grads', 'freed')}.",
+        f"malloc: {payload['malloc']}; gradient buffers: {payload.get('grads', 'freed')}; "
+        f"geometry adapter: {payload.get('adapter_kernels', 'PyTorch')}.",
         "",
         "| config | method | step s (rounds) | **median s** | CPU s | samples/s "
         "| peak mem MiB (rounds) | **median MiB** | trainable | GFLOP fwd / bwd+opt / total "
@@ -403,6 +410,17 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def adapter_kernels(device: str) -> str:
+    """Which geometry-adapter path the workers run (`POINTPEFT_KERNELS=torch` forces PyTorch)."""
+    from pointpeft_cli.peft import kernels
+
+    if not kernels.usable(torch.zeros(1, device=device)):
+        return "PyTorch"
+    import numba
+
+    return f"compiled CPU kernels (numba {numba.__version__})"
+
+
 def main() -> None:
     args = parse_args()
     if args.interleaved_worker:
@@ -467,6 +485,7 @@ def main() -> None:
         "matmul_peak_gflops": peak,
         "malloc": f"MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}" if env else "glibc default",
         "grads": args.grads,
+        "adapter_kernels": adapter_kernels(args.device),
         "load_min": min(one_min, default=None),
         "load_max": max(one_min, default=None),
         "anchors_original_s": ANCHORS,

@@ -32,3 +32,8 @@ def is_offline(flag: bool = False) -> bool:
 def debug() -> bool:
     """True when ``POINTPEFT_DEBUG`` asks for tracebacks."""
     return _env_flag("POINTPEFT_DEBUG")
+
+
+def compiled_kernels() -> bool:
+    """False when ``POINTPEFT_KERNELS=torch`` asks for the pure-PyTorch adapter path on CPU."""
+    return os.environ.get("POINTPEFT_KERNELS", "").strip().lower() != "torch"

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from pointpeft_cli.models.recipes import saved_as_recipe
+from pointpeft_cli.peft import kernels
 
 if TYPE_CHECKING:
     from pointpeft_cli.models.transformer import Block
@@ -147,10 +148,21 @@ class _MemberMax(torch.autograd.Function):
     only that index (uint8) with the small `lhs`; backward routes each channel's gradient to
     its winning row directly (a scatter of `N x C` values, not of `k x N x C`), and builds the
     one-hot gradient, chunk by chunk, only for the two thin matmuls of `lhs` and `rhs`.
+
+    On CPU float32 with `groups` given, compiled kernels (`kernels.pool_forward` /
+    `pool_backward`) do the same in one pass per group, with no one-hot at all.
     """
 
     @staticmethod
-    def forward(ctx, rows: Tensor, idx: Tensor, lhs: Tensor, rhs: Tensor, k: int) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, rows: Tensor, idx: Tensor, lhs: Tensor, rhs: Tensor, k: int, groups: int
+    ) -> Tensor:
+        ctx.shape = (rows.shape[0], rows.shape[1], k)
+        ctx.groups = groups if kernels.usable(rows, lhs, rhs) else 0
+        if ctx.groups:
+            values, first = kernels.pool_forward(rows, idx, lhs, rhs, k, groups)
+            ctx.save_for_backward(idx, lhs, rhs, first)
+            return values
         c, n, width = rows.shape[1], idx.shape[0] // k, lhs.shape[1]
         values = rows.new_empty(n, c)
         index_dtype = torch.uint8 if k <= 256 else torch.int16
@@ -169,7 +181,6 @@ class _MemberMax(torch.autograd.Function):
             rank = torch.sub(top, m, out=m).ceil_()
             first[start:stop] = torch.add(order, rank, alpha=k, out=rank).amin(0)
         ctx.save_for_backward(idx, lhs, rhs, first)
-        ctx.shape = (rows.shape[0], c, k)
         return values
 
     @staticmethod
@@ -178,6 +189,11 @@ class _MemberMax(torch.autograd.Function):
         num_rows, c, k = ctx.shape
         n, width = grad.shape[0], lhs.shape[1]
         grad = grad.contiguous()
+        if ctx.groups:
+            d_rows, d_lhs, d_rhs = kernels.pool_backward(
+                grad, first, idx, lhs, rhs, num_rows, k, ctx.groups
+            )
+            return d_rows, None, d_lhs, d_rhs, None, None
         first = first.long()
         d_rows = d_lhs = d_rhs = None
         if ctx.needs_input_grad[0]:
@@ -205,10 +221,12 @@ class _MemberMax(torch.autograd.Function):
                     d_rhs.addmm_(member_lhs[:, start:stop].reshape(-1, width).t(), flat)
                 dense.zero_()
             d_lhs = None if d_lhs is None else d_lhs.view(k * n, width)
-        return d_rows, None, d_lhs, d_rhs, None
+        return d_rows, None, d_lhs, d_rhs, None, None
 
 
-def member_max(rows: Tensor, idx: Tensor, lhs: Tensor, rhs: Tensor, k: int) -> Tensor:
+def member_max(
+    rows: Tensor, idx: Tensor, lhs: Tensor, rhs: Tensor, k: int, groups: int = 0
+) -> Tensor:
     """`(rows[idx] + lhs @ rhs).view(k, N, C).max(0).values` without keeping the members.
 
     Args:
@@ -216,8 +234,11 @@ def member_max(rows: Tensor, idx: Tensor, lhs: Tensor, rhs: Tensor, k: int) -> T
         idx: `[k * N]` member rows, member-major (`j * N + n`).
         lhs: `[k * N, J]`, rhs: `[J, C]`: a low-rank update added to every member.
         k: members per group.
+        groups: groups per sample, when every run of `groups` consecutive groups draws its
+            members from rows that no other sample's groups use; it lets the compiled CPU
+            kernel (`kernels.pool_forward`) split the work by sample. 0: the PyTorch path.
     """
-    return _MemberMax.apply(rows, idx, lhs, rhs, k)
+    return _MemberMax.apply(rows, idx, lhs, rhs, k, groups)
 
 
 def _regathered(
@@ -252,6 +273,15 @@ def _local_pool(
     # group-major (contiguous groups suit its kernel); the pooling member-major. norm3's output
     # (kept for qkv's weight gradient, C wide) is recomputed rather than saved.
     row_qkv = _run(partial(_row_qkv, local=local), rows, recompute=recompute)
+    rhs = torch.cat([attn1.proj.weight.t(), attn1.proj.bias.unsqueeze(0)], dim=0).to(rows.dtype)
+    if kernels.usable(row_qkv, rows, rhs):
+        # compiled CPU path: attention straight from the row-wise qkv (no gathered copy kept
+        # or rebuilt), member-major output; only `lhs` is kept, by the pooling
+        heads = kernels.group_attention(
+            row_qkv, level.flat_idx, k, attn1.num_heads, attn1.scale, level.groups
+        )
+        lhs = _member_lhs(heads, keep)
+        return member_max(rows, level.flat_idx, lhs, rhs, k, level.groups)
     qkv = row_qkv.index_select(0, level.group_major_idx)
     with _regathered(qkv, row_qkv, level.group_major_idx, enabled=recompute):
         attended = attn1.attend(qkv.view(-1, k, qkv.shape[-1]))
@@ -259,21 +289,26 @@ def _local_pool(
     # factor is rebuilt in backward from the attention output, which the attention keeps anyway
     update = partial(_update_lhs, attended, keep, rows.dtype)
     lhs = update()
-    rhs = torch.cat([attn1.proj.weight.t(), attn1.proj.bias.unsqueeze(0)], dim=0)
     with saved_as_recipe(lhs, update, enabled=recompute):
-        return member_max(rows, level.flat_idx, lhs, rhs.to(rows.dtype), k)
+        return member_max(rows, level.flat_idx, lhs, rhs, k)
 
 
 def _update_lhs(attended: Tensor, keep: Tensor | None, dtype: torch.dtype) -> Tensor:
-    """`[K * N, inner + 1]`: each member's heads and a ones column (for proj's bias), both
-    scaled by its group's DropPath mask, from the attention output `[N, heads, K, d]`."""
+    """`_member_lhs` from the attention output `[N, heads, K, d]`."""
     n, _, k, _ = attended.shape
     heads = attended.transpose(1, 2).reshape(n, k, -1).transpose(0, 1)  # [K, N, inner]
+    return _member_lhs(heads, keep).to(dtype)
+
+
+def _member_lhs(heads: Tensor, keep: Tensor | None) -> Tensor:
+    """`[K * N, inner + 1]`: each member's heads `[K, N, inner]` and a ones column (for proj's
+    bias), both scaled by its group's DropPath mask `keep [N, 1]`."""
+    k, n, _ = heads.shape
     ones = heads.new_ones(k, n, 1)
     if keep is not None:
         ones = keep.expand(k, -1, -1)
         heads = heads * ones
-    return torch.cat([heads, ones], dim=-1).view(k * n, -1).to(dtype)
+    return torch.cat([heads, ones], dim=-1).view(k * n, -1)
 
 
 def update_running_stats(bn: nn.BatchNorm1d, x: Tensor) -> None:
@@ -357,7 +392,9 @@ def geometry_update(
     that the next block's input is not kept for its norm1 either. The local attention's
     gathered q/k/v are not kept: backward gathers them again from the row-wise qkv
     (`_regathered`), and the pooling's low-rank left factor is rebuilt from the attention
-    output, which the attention keeps anyway.
+    output, which the attention keeps anyway. On CPU (float32) the local attention and the
+    pooling run as compiled kernels (`pointpeft_cli.peft.kernels`) that read the rows in place:
+    the attention keeps only the row-wise qkv, the pooling its left factor.
 
     Args:
         block: the block whose `out_transform` / `adapter1` / `drop_path` are used.

@@ -1,0 +1,208 @@
+"""The numba kernels behind `pointpeft_cli.peft.kernels` (imported only when they are used).
+
+Loops run along the 16 members of a group (one vector of float32 lanes); see `kernels` for the
+work split and the numerics.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+# reassoc/contract let LLVM vectorise the reductions and fuse multiply-adds; the order is
+# still fixed at compile time, so results stay deterministic. No nnan/ninf: NaN stays NaN.
+FASTMATH = {"reassoc", "contract", "nsz"}
+
+
+@njit(fastmath=FASTMATH, inline="always")
+def exp32(v):
+    # Cephes-style expf (range reduction by ln 2, degree-5 polynomial) written out so that
+    # it vectorises; libm's expf is a scalar call.
+    v = min(max(v, np.float32(-87.3)), np.float32(88.7))
+    n = np.floor(v * np.float32(1.44269504) + np.float32(0.5))
+    r = v - n * np.float32(0.693359375)
+    r = r + n * np.float32(2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    y = p * r * r + r + np.float32(1.0)
+    bits = (np.int32(n) + np.int32(127)) << 23
+    return y * np.int32(bits).view(np.float32)
+
+
+@njit(fastmath=FASTMATH, inline="always")
+def load_group(qkv, idx, n, big_n, h, k, d, inner, q_t, key, val):
+    for i in range(k):
+        r = idx[i * big_n + n]
+        for e in range(d):
+            q_t[e, i] = qkv[r, h * d + e]
+            key[i, e] = qkv[r, inner + h * d + e]
+            val[i, e] = qkv[r, 2 * inner + h * d + e]
+
+
+@njit(fastmath=FASTMATH, inline="always")
+def probabilities(q_t, key, k, d, scale, p, peak, total):
+    # p[j, i] = softmax over j of scale * q_i . k_j, laid out so that every loop runs
+    # along the queries i (vectorised) and none reduces across lanes
+    for j in range(k):
+        for i in range(k):
+            p[j, i] = 0.0
+        for e in range(d):
+            kv = key[j, e] * scale
+            for i in range(k):
+                p[j, i] += kv * q_t[e, i]
+    for i in range(k):
+        peak[i] = p[0, i]
+        total[i] = 0.0
+    for j in range(1, k):
+        for i in range(k):
+            peak[i] = max(peak[i], p[j, i])
+    for j in range(k):
+        for i in range(k):
+            p[j, i] = exp32(p[j, i] - peak[i])
+            total[i] += p[j, i]
+    for i in range(k):
+        total[i] = np.float32(1.0) / total[i]
+    for j in range(k):
+        for i in range(k):
+            p[j, i] *= total[i]
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def attend_forward(qkv, idx, k, heads, scale, groups, out):
+    big_n, inner = out.shape[1], out.shape[2]
+    d = inner // heads
+    for b in prange(big_n // groups):
+        q_t = np.empty((d, k), np.float32)
+        key = np.empty((k, d), np.float32)
+        val = np.empty((k, d), np.float32)
+        p = np.empty((k, k), np.float32)
+        peak = np.empty(k, np.float32)
+        total = np.empty(k, np.float32)
+        o_t = np.empty((d, k), np.float32)
+        for n in range(b * groups, (b + 1) * groups):
+            for h in range(heads):
+                load_group(qkv, idx, n, big_n, h, k, d, inner, q_t, key, val)
+                probabilities(q_t, key, k, d, scale, p, peak, total)
+                for e in range(d):
+                    for i in range(k):
+                        o_t[e, i] = 0.0
+                    for j in range(k):
+                        v = val[j, e]
+                        for i in range(k):
+                            o_t[e, i] += p[j, i] * v
+                for i in range(k):
+                    for e in range(d):
+                        out[i, n, h * d + e] = o_t[e, i]
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def attend_backward(qkv, idx, k, heads, scale, groups, d_out, d_qkv):
+    big_n, inner = d_out.shape[1], d_out.shape[2]
+    d = inner // heads
+    for b in prange(big_n // groups):
+        q_t = np.empty((d, k), np.float32)
+        key = np.empty((k, d), np.float32)
+        val = np.empty((k, d), np.float32)
+        p = np.empty((k, k), np.float32)
+        peak = np.empty(k, np.float32)
+        total = np.empty(k, np.float32)
+        do_t = np.empty((d, k), np.float32)
+        ds = np.empty((k, k), np.float32)
+        dq_t = np.empty((d, k), np.float32)
+        for n in range(b * groups, (b + 1) * groups):
+            for h in range(heads):
+                load_group(qkv, idx, n, big_n, h, k, d, inner, q_t, key, val)
+                for i in range(k):
+                    for e in range(d):
+                        do_t[e, i] = d_out[i, n, h * d + e]
+                probabilities(q_t, key, k, d, scale, p, peak, total)
+                # ds = p * (dO v^T - rowsum(p * dO v^T)) * scale  (peak reused as the rowsum)
+                for i in range(k):
+                    peak[i] = 0.0
+                for j in range(k):
+                    for i in range(k):
+                        dp = np.float32(0.0)
+                        for e in range(d):
+                            dp += do_t[e, i] * val[j, e]
+                        ds[j, i] = dp
+                        peak[i] += p[j, i] * dp
+                for e in range(d):
+                    for i in range(k):
+                        dq_t[e, i] = 0.0
+                for j in range(k):
+                    for i in range(k):
+                        ds[j, i] = p[j, i] * (ds[j, i] - peak[i]) * scale
+                    for e in range(d):
+                        kv = key[j, e]
+                        for i in range(k):
+                            dq_t[e, i] += ds[j, i] * kv
+                for j in range(k):
+                    r = idx[j * big_n + n]
+                    for e in range(d):
+                        dk = np.float32(0.0)
+                        dv = np.float32(0.0)
+                        for i in range(k):
+                            dk += ds[j, i] * q_t[e, i]
+                            dv += p[j, i] * do_t[e, i]
+                        d_qkv[r, inner + h * d + e] += dk
+                        d_qkv[r, 2 * inner + h * d + e] += dv
+                for i in range(k):
+                    r = idx[i * big_n + n]
+                    for e in range(d):
+                        d_qkv[r, h * d + e] += dq_t[e, i]
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def pool_forward(rows, idx, lhs, rhs, k, groups, values, first):
+    big_n, c = values.shape
+    width = lhs.shape[1]
+    width4 = width - width % 4
+    for b in prange(big_n // groups):
+        acc = np.empty(c, np.float32)
+        for n in range(b * groups, (b + 1) * groups):
+            for j in range(k):
+                m = j * big_n + n
+                r = idx[m]
+                for ch in range(c):
+                    acc[ch] = rows[r, ch]
+                # four rank-1 updates per pass over acc: half the loads and stores of one
+                for w in range(0, width4, 4):
+                    l0, l1, l2, l3 = lhs[m, w], lhs[m, w + 1], lhs[m, w + 2], lhs[m, w + 3]
+                    for ch in range(c):
+                        acc[ch] += (l0 * rhs[w, ch] + l1 * rhs[w + 1, ch]) + (
+                            l2 * rhs[w + 2, ch] + l3 * rhs[w + 3, ch]
+                        )
+                for w in range(width4, width):
+                    lw = lhs[m, w]
+                    for ch in range(c):
+                        acc[ch] += lw * rhs[w, ch]
+                if j == 0:
+                    for ch in range(c):
+                        values[n, ch] = acc[ch]
+                        first[n, ch] = 0
+                else:
+                    for ch in range(c):
+                        v = acc[ch]
+                        # strictly greater keeps the first maximal member; NaN wins, as in
+                        # torch.max
+                        if v > values[n, ch] or (v != v and values[n, ch] == values[n, ch]):
+                            values[n, ch] = v
+                            first[n, ch] = j
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def pool_backward(grad, first, idx, lhs, rhs_t, k, groups, d_rows, d_lhs, d_rhs_t):
+    big_n, c = grad.shape
+    width = lhs.shape[1]
+    for b in prange(big_n // groups):
+        part = d_rhs_t[b]
+        for n in range(b * groups, (b + 1) * groups):
+            for ch in range(c):
+                m = first[n, ch] * big_n + n
+                g = grad[n, ch]
+                d_rows[idx[m], ch] += g
+                for w in range(width):
+                    d_lhs[m, w] += g * rhs_t[ch, w]
+                    part[ch, w] += g * lhs[m, w]
