@@ -69,17 +69,25 @@ def probabilities(q_t, key, k, d, scale, p, peak, total):
             p[j, i] *= total[i]
 
 
+@njit(inline="always")
+def group_scratch(k, d):
+    """Per-work-item buffers of one group and head: q^T, k, v, probabilities, row max, sum."""
+    return (
+        np.empty((d, k), np.float32),
+        np.empty((k, d), np.float32),
+        np.empty((k, d), np.float32),
+        np.empty((k, k), np.float32),
+        np.empty(k, np.float32),
+        np.empty(k, np.float32),
+    )
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def attend_forward(qkv, idx, k, heads, scale, groups, out):
     big_n, inner = out.shape[1], out.shape[2]
     d = inner // heads
     for b in prange(big_n // groups):
-        q_t = np.empty((d, k), np.float32)
-        key = np.empty((k, d), np.float32)
-        val = np.empty((k, d), np.float32)
-        p = np.empty((k, k), np.float32)
-        peak = np.empty(k, np.float32)
-        total = np.empty(k, np.float32)
+        q_t, key, val, p, peak, total = group_scratch(k, d)
         o_t = np.empty((d, k), np.float32)
         for n in range(b * groups, (b + 1) * groups):
             for h in range(heads):
@@ -102,12 +110,7 @@ def attend_backward(qkv, idx, k, heads, scale, groups, d_out, d_qkv):
     big_n, inner = d_out.shape[1], d_out.shape[2]
     d = inner // heads
     for b in prange(big_n // groups):
-        q_t = np.empty((d, k), np.float32)
-        key = np.empty((k, d), np.float32)
-        val = np.empty((k, d), np.float32)
-        p = np.empty((k, k), np.float32)
-        peak = np.empty(k, np.float32)
-        total = np.empty(k, np.float32)
+        q_t, key, val, p, peak, total = group_scratch(k, d)
         do_t = np.empty((d, k), np.float32)
         ds = np.empty((k, k), np.float32)
         dq_t = np.empty((d, k), np.float32)
