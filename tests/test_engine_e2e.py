@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 from safetensors.torch import load_file
 
 from pointpeft_cli.engine import train as train_mod
+from pointpeft_cli.engine.memory_bank import load_bank, save_bank
 from tests.cli_helpers import run_cli
 
 # a random-init point-mae-mini (its shipped weights are not needed to test the plumbing)
@@ -126,14 +128,20 @@ def test_resume_is_bit_exact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: list[str]
 ) -> None:
     full = _finetune(tmp_path / "full", "--epochs", "3", *extra)
-    _interrupt_after(monkeypatch, 9)  # 6 steps per epoch: stops inside epoch 2
-    cut = ["--epochs", "3", "--out", str(tmp_path / "cut"), "--json", *extra]
-    res = run_cli("finetune", *QUICK, *cut)
+    with monkeypatch.context() as patched:  # (undo() would also drop the isolated home)
+        _interrupt_after(patched, 9)  # 6 steps per epoch: stops inside epoch 2
+        cut = ["--epochs", "3", "--out", str(tmp_path / "cut"), "--json", *extra]
+        res = run_cli("finetune", *QUICK, *cut)
     assert res.exit_code == 130
     assert res.json()["error"]["type"] == "RunInterrupted"
     info = json.loads((tmp_path / "cut" / "run.json").read_text())
     assert info["status"] == "interrupted" and info["epochs_completed"] == 1
-    monkeypatch.undo()
+    # the cache's bank changes meanwhile (rebuilt by another version, say): the resumed run
+    # keeps the bank it trained with, its own copy
+    cached = Path(info["memory_bank"]["cached_path"])
+    assert cached.is_relative_to(os.environ["POINTPEFT_HOME"])
+    bank = load_bank(cached)
+    save_bank(cached, replace(bank, features=bank.features * np.float32(1 + 2**-20)))
     resumed = run_cli("finetune", "--resume", "--out", str(tmp_path / "cut"), "--json")
     assert resumed.exit_code == 0, resumed.stderr
     a = load_file(str(tmp_path / "full" / "checkpoints" / "last.safetensors"))

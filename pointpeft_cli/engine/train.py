@@ -22,6 +22,7 @@ from pointpeft_cli.config.schema import RunConfig
 from pointpeft_cli.engine import distributed as D
 from pointpeft_cli.engine.evaluate import predict_logits, report_from_logits
 from pointpeft_cli.engine.grads import keep_gradients
+from pointpeft_cli.engine.memory_bank import load_bank
 from pointpeft_cli.engine.prepare import (
     Progress,
     Sampling,
@@ -260,7 +261,12 @@ def _run_epochs(loop: _Loop, start_epoch: int) -> None:
 
 
 def _setup(
-    cfg: RunConfig, run: RunDir, cache_root: Path, info: D.DistInfo, hooks: TrainHooks
+    cfg: RunConfig,
+    run: RunDir,
+    cache_root: Path,
+    info: D.DistInfo,
+    hooks: TrainHooks,
+    resume: bool = False,
 ) -> tuple[_Loop, dict[str, Any]]:
     device = pick_device(cfg.train.device)
     if info.enabled and device.type == "cuda":
@@ -283,15 +289,20 @@ def _setup(
     model.to(device)
     bank_info: dict[str, Any] = {"used": False}
     if cfg.train.method == "point-peft":
-        if info.is_main:
+        # a resumed run keeps the bank it trained with (its own copy), whatever the cache
+        # holds now: cleared, or rebuilt by another version with other rounding
+        own = run.bank if resume and run.bank.is_file() else None
+        if own is not None:
+            bank, path, built = load_bank(own), own, False
+        elif info.is_main:
             bank, path, built = obtain_bank(
                 model, train_set, cfg, weights, cache_root, device, hooks.progress
             )
         D.barrier(info)
-        if not info.is_main:
+        if own is None and not info.is_main:
             bank, path, built = obtain_bank(model, train_set, cfg, weights, cache_root, device)
         model.set_memory_bank(bank.tensor(device))
-        if info.is_main:
+        if info.is_main and own is None:
             run.copy_bank(path)
         bank_info = {"used": True, "cached_path": str(path), "built": built,
                      "num_samples": bank.num_samples, "feature_dim": bank.feature_dim}  # fmt: skip
@@ -374,7 +385,7 @@ def _train(
 ) -> FinetuneResult:
     # a damaged resume state is reported before the data and the memory bank are prepared
     state = run.load_resume() if resume and run.has_checkpoint() else None
-    loop, facts = _setup(cfg, run, cache_root, info, hooks)
+    loop, facts = _setup(cfg, run, cache_root, info, hooks, resume)
     start_epoch, spent = _restore(loop, run, state, hooks) if resume else (0, 0.0)
     if info.is_main:
         run.write_run_json(_run_json(loop, facts, "running", spent))

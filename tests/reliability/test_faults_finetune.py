@@ -171,15 +171,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
 ) -> None:
     clean = _inproc(tmp_path / "clean")
     assert clean.exit_code == 0, clean.stderr
-    _poison_step(monkeypatch, STEPS_PER_EPOCH + 2)  # inside epoch 2
-    res = _inproc(tmp_path / "nan")
+    with monkeypatch.context() as patched:  # (undo() would also drop the isolated home)
+        _poison_step(patched, STEPS_PER_EPOCH + 2)  # inside epoch 2
+        res = _inproc(tmp_path / "nan")
     error = assert_clean_failure(res, 1, "loss", "epoch 2")
     assert error["type"] == "TrainingDiverged"
     assert "nan_policy=skip" in error["hint"]
     run = tmp_path / "nan"
     assert json.loads((run / "run.json").read_text())["status"] == "diverged"
     assert _completed_epochs(run) == 1
-    monkeypatch.undo()
     resumed = run_cli("finetune", "--resume", "--out", str(run), "--json")
     assert resumed.exit_code == 0, resumed.stderr
     # the NaN step changed nothing, so the resumed run is the clean run, bit for bit
