@@ -291,19 +291,19 @@ def _setup(
     if cfg.train.method == "point-peft":
         # a resumed run keeps the bank it trained with (its own copy), whatever the cache
         # holds now: cleared, or rebuilt by another version with other rounding
-        own = run.bank if resume and run.bank.is_file() else None
-        if own is not None:
-            bank, path, built = load_bank(own), own, False
-        elif info.is_main:
-            bank, path, built = obtain_bank(
-                model, train_set, cfg, weights, cache_root, device, hooks.progress
-            )
-        D.barrier(info)
-        if own is None and not info.is_main:
-            bank, path, built = obtain_bank(model, train_set, cfg, weights, cache_root, device)
+        if resume and run.bank.is_file():
+            bank, path, built = load_bank(run.bank), run.bank, False
+        else:
+            if info.is_main:
+                bank, path, built = obtain_bank(
+                    model, train_set, cfg, weights, cache_root, device, hooks.progress
+                )
+            D.barrier(info)
+            if not info.is_main:
+                bank, path, built = obtain_bank(model, train_set, cfg, weights, cache_root, device)
+            else:
+                run.copy_bank(path)
         model.set_memory_bank(bank.tensor(device))
-        if info.is_main and own is None:
-            run.copy_bank(path)
         bank_info = {"used": True, "cached_path": str(path), "built": built,
                      "num_samples": bank.num_samples, "feature_dim": bank.feature_dim}  # fmt: skip
     from pointpeft_cli.peft.trainable import count_parameters, param_groups
