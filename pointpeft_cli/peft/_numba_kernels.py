@@ -32,53 +32,61 @@ def exp32(v):
 
 
 @njit(fastmath=FASTMATH, inline="always")
-def load_group(qkv, idx, n, big_n, h, k, d, inner, q_t, key, val):
+def load_rows(qkv, idx, n, big_n, k, t):
+    # t[c, i] = channel c of member i's row: channels outer, the k members along the lanes
+    width = qkv.shape[1]
     for i in range(k):
         r = idx[i * big_n + n]
-        for e in range(d):
-            q_t[e, i] = qkv[r, h * d + e]
-            key[i, e] = qkv[r, inner + h * d + e]
-            val[i, e] = qkv[r, 2 * inner + h * d + e]
+        for c in range(width):
+            t[c, i] = qkv[r, c]
 
 
 @njit(fastmath=FASTMATH, inline="always")
-def probabilities(q_t, key, k, d, scale, p, peak, total):
-    # p[j, i] = softmax over j of scale * q_i . k_j, laid out so that every loop runs
-    # along the queries i (vectorised) and none reduces across lanes
-    for j in range(k):
-        for i in range(k):
-            p[j, i] = 0.0
-        for e in range(d):
-            kv = key[j, e] * scale
+def probabilities(t, k, heads, d, scale, p, peak, total):
+    # p[h, j, i] = softmax over j of scale * q_i . k_j, for every head of one group. Every
+    # innermost loop runs along the queries i (vectorised, no reduction across lanes), and the
+    # loops over keys j sit outside the loops over heads: the heads' dependency chains through
+    # `peak` and `total` are independent, so they overlap instead of running one after another.
+    inner = heads * d
+    for h in range(heads):
+        for j in range(k):
             for i in range(k):
-                p[j, i] += kv * q_t[e, i]
-    for i in range(k):
-        peak[i] = p[0, i]
-        total[i] = 0.0
+                p[h, j, i] = 0.0
+            for e in range(d):
+                kv = t[inner + h * d + e, j] * scale
+                for i in range(k):
+                    p[h, j, i] += kv * t[h * d + e, i]
+    for h in range(heads):
+        for i in range(k):
+            peak[h, i] = p[h, 0, i]
+            total[h, i] = 0.0
     for j in range(1, k):
-        for i in range(k):
-            peak[i] = max(peak[i], p[j, i])
+        for h in range(heads):
+            for i in range(k):
+                peak[h, i] = max(peak[h, i], p[h, j, i])
     for j in range(k):
+        for h in range(heads):
+            for i in range(k):
+                v = exp32(p[h, j, i] - peak[h, i])
+                p[h, j, i] = v
+                total[h, i] += v
+    for h in range(heads):
         for i in range(k):
-            p[j, i] = exp32(p[j, i] - peak[i])
-            total[i] += p[j, i]
-    for i in range(k):
-        total[i] = np.float32(1.0) / total[i]
+            total[h, i] = np.float32(1.0) / total[h, i]
     for j in range(k):
-        for i in range(k):
-            p[j, i] *= total[i]
+        for h in range(heads):
+            for i in range(k):
+                p[h, j, i] *= total[h, i]
 
 
 @njit(inline="always")
-def group_scratch(k, d):
-    """Per-work-item buffers of one group and head: q^T, k, v, probabilities, row max, sum."""
+def group_scratch(width, k, heads):
+    """Per-work-item buffers: the group's rows transposed, probabilities, row max, row sum."""
     return (
-        np.empty((d, k), np.float32),
-        np.empty((k, d), np.float32),
-        np.empty((k, d), np.float32),
-        np.empty((k, k), np.float32),
-        np.empty(k, np.float32),
-        np.empty(k, np.float32),
+        np.empty((width, k), np.float32),
+        np.empty((heads, k, k), np.float32),
+        np.empty((heads, k), np.float32),
+        np.empty((heads, k), np.float32),
     )
 
 
@@ -87,22 +95,24 @@ def attend_forward(qkv, idx, k, heads, scale, groups, out):
     big_n, inner = out.shape[1], out.shape[2]
     d = inner // heads
     for b in prange(big_n // groups):
-        q_t, key, val, p, peak, total = group_scratch(k, d)
-        o_t = np.empty((d, k), np.float32)
+        t, p, peak, total = group_scratch(qkv.shape[1], k, heads)
+        o_t = np.empty((inner, k), np.float32)
         for n in range(b * groups, (b + 1) * groups):
-            for h in range(heads):
-                load_group(qkv, idx, n, big_n, h, k, d, inner, q_t, key, val)
-                probabilities(q_t, key, k, d, scale, p, peak, total)
-                for e in range(d):
-                    for i in range(k):
-                        o_t[e, i] = 0.0
-                    for j in range(k):
-                        v = val[j, e]
-                        for i in range(k):
-                            o_t[e, i] += p[j, i] * v
+            load_rows(qkv, idx, n, big_n, k, t)
+            probabilities(t, k, heads, d, scale, p, peak, total)
+            for c in range(inner):
                 for i in range(k):
+                    o_t[c, i] = 0.0
+            for j in range(k):
+                for h in range(heads):
                     for e in range(d):
-                        out[i, n, h * d + e] = o_t[e, i]
+                        c = h * d + e
+                        v = t[2 * inner + c, j]
+                        for i in range(k):
+                            o_t[c, i] += p[h, j, i] * v
+            for i in range(k):
+                for c in range(inner):
+                    out[i, n, c] = o_t[c, i]
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -110,51 +120,61 @@ def attend_backward(qkv, idx, k, heads, scale, groups, d_out, d_qkv):
     big_n, inner = d_out.shape[1], d_out.shape[2]
     d = inner // heads
     for b in prange(big_n // groups):
-        q_t, key, val, p, peak, total = group_scratch(k, d)
-        do_t = np.empty((d, k), np.float32)
-        ds = np.empty((k, k), np.float32)
-        dq_t = np.empty((d, k), np.float32)
+        t, p, peak, total = group_scratch(qkv.shape[1], k, heads)
+        ds = np.empty((heads, k, k), np.float32)
+        do_t = np.empty((inner, k), np.float32)
+        dq_t = np.empty((inner, k), np.float32)
         for n in range(b * groups, (b + 1) * groups):
+            load_rows(qkv, idx, n, big_n, k, t)
+            for i in range(k):
+                for c in range(inner):
+                    do_t[c, i] = d_out[i, n, c]
+            probabilities(t, k, heads, d, scale, p, peak, total)
+            # ds = p * (dO v^T - rowsum(p * dO v^T)) * scale  (peak reused as the rowsum)
             for h in range(heads):
-                load_group(qkv, idx, n, big_n, h, k, d, inner, q_t, key, val)
-                for i in range(k):
-                    for e in range(d):
-                        do_t[e, i] = d_out[i, n, h * d + e]
-                probabilities(q_t, key, k, d, scale, p, peak, total)
-                # ds = p * (dO v^T - rowsum(p * dO v^T)) * scale  (peak reused as the rowsum)
-                for i in range(k):
-                    peak[i] = 0.0
                 for j in range(k):
                     for i in range(k):
-                        dp = np.float32(0.0)
-                        for e in range(d):
-                            dp += do_t[e, i] * val[j, e]
-                        ds[j, i] = dp
-                        peak[i] += p[j, i] * dp
-                for e in range(d):
-                    for i in range(k):
-                        dq_t[e, i] = 0.0
-                for j in range(k):
-                    for i in range(k):
-                        ds[j, i] = p[j, i] * (ds[j, i] - peak[i]) * scale
+                        ds[h, j, i] = 0.0
                     for e in range(d):
-                        kv = key[j, e]
+                        v = t[2 * inner + h * d + e, j]
                         for i in range(k):
-                            dq_t[e, i] += ds[j, i] * kv
-                for j in range(k):
-                    r = idx[j * big_n + n]
+                            ds[h, j, i] += do_t[h * d + e, i] * v
+                for i in range(k):
+                    peak[h, i] = 0.0
+            for j in range(k):
+                for h in range(heads):
+                    for i in range(k):
+                        peak[h, i] += p[h, j, i] * ds[h, j, i]
+            for j in range(k):
+                for h in range(heads):
+                    for i in range(k):
+                        ds[h, j, i] = p[h, j, i] * (ds[h, j, i] - peak[h, i]) * scale
+            for c in range(inner):
+                for i in range(k):
+                    dq_t[c, i] = 0.0
+            for j in range(k):
+                for h in range(heads):
                     for e in range(d):
+                        c = h * d + e
+                        kv = t[inner + c, j]
+                        for i in range(k):
+                            dq_t[c, i] += ds[h, j, i] * kv
+            for j in range(k):
+                r = idx[j * big_n + n]
+                for h in range(heads):
+                    for e in range(d):
+                        c = h * d + e
                         dk = np.float32(0.0)
                         dv = np.float32(0.0)
                         for i in range(k):
-                            dk += ds[j, i] * q_t[e, i]
-                            dv += p[j, i] * do_t[e, i]
-                        d_qkv[r, inner + h * d + e] += dk
-                        d_qkv[r, 2 * inner + h * d + e] += dv
-                for i in range(k):
-                    r = idx[i * big_n + n]
-                    for e in range(d):
-                        d_qkv[r, h * d + e] += dq_t[e, i]
+                            dk += ds[h, j, i] * t[c, i]
+                            dv += p[h, j, i] * do_t[c, i]
+                        d_qkv[r, inner + c] += dk
+                        d_qkv[r, 2 * inner + c] += dv
+            for i in range(k):
+                r = idx[i * big_n + n]
+                for c in range(inner):
+                    d_qkv[r, c] += dq_t[c, i]
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
