@@ -4,8 +4,9 @@ Paper-size Point-MAE (random weights) at the ScanObjectNN and ModelNet40 configs
 `bench/train_step.py`). Evaluate = `model.eval()` forward under `torch.inference_mode()`, as
 `pointpeft evaluate` runs it (Point-PEFT includes its retrieval pass). Bank build = the frozen
 retrieval feature of each cloud (`retrieval_features`), as `pointpeft build-memory-bank` runs
-it. Each (config, method) runs in its own process; reported: the median over the timed batches,
-samples/s, and peak RSS above the pre-run RSS.
+it. Each (config, method, what) runs in its own process; reported: the median over the timed
+batches, samples/s, and the peak RSS (warm-up batch included) above the RSS just before the
+first batch, with numba's kernels already loaded (a start-up cost, as in `bench/train_step.py`).
 
     python bench/inference.py [--batches 3] [--configs scan,modelnet]
         [--methods point-peft,full,linear] [--threads 2]
@@ -37,15 +38,21 @@ from common import (
 )
 from train_step import METHODS, build
 
+from pointpeft_cli.peft import kernels
+
 BATCH = 64
 
 
 def _timed(fn, inputs: list[torch.Tensor]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Median seconds per batch after one warm-up, and the peak RSS delta."""
+    """Median seconds per batch after one warm-up, and the peak RSS delta over all batches.
+
+    The baseline is taken before the warm-up batch: what the first batch allocates is part of
+    the cost (measured after it, the delta was only growth beyond the warm-up's own heap).
+    """
     with torch.inference_mode():
-        fn(inputs[0])
         before = rss_mib()
         reset_peak_rss()
+        fn(inputs[0])
         times = []
         for x in inputs[1:]:
             start = time.perf_counter()
@@ -61,18 +68,20 @@ def _timed(fn, inputs: list[torch.Tensor]) -> dict[str, Any]:  # type: ignore[no
 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
-    """Measure evaluate (and, for Point-PEFT, the bank build) of one (config, method)."""
+    """Measure `args.what` (evaluate, or Point-PEFT's bank build) of one (config, method)."""
     torch.set_num_threads(args.threads)
+    kernels.warm_up()
     spec = CONFIGS[args.config]
     model = build(args.config, args.method, "cpu").eval()
     gen = torch.Generator().manual_seed(7)
     inputs = [random_clouds(BATCH, spec["points"], gen) for _ in range(args.batches + 1)]
-    out: dict[str, Any] = {"config": args.config, "method": args.method}
-    out["evaluate"] = _timed(model, inputs)
-    if args.method == "point-peft":
-        out["bank_build"] = _timed(model.retrieval_features, inputs)
-    out["load_after"] = load_average()
-    return out
+    fn = model if args.what == "evaluate" else model.retrieval_features
+    return {
+        "config": args.config,
+        "method": args.method,
+        args.what: _timed(fn, inputs),
+        "load_after": load_average(),
+    }
 
 
 def markdown(payload: dict[str, Any]) -> str:
@@ -109,6 +118,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
+    parser.add_argument("--what", default="evaluate", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.batches < 1:
         parser.error("--batches must be >= 1")
@@ -124,18 +134,22 @@ def main() -> None:
     loads, runs = [load_average()], []
     for config in configs:
         for method in methods:
-            run = run_worker(
-                Path(__file__),
-                ["--config", config, "--method", method, "--batches", str(args.batches),
-                 "--threads", str(args.threads)],
-            )  # fmt: skip
+            run: dict[str, Any] = {"config": config, "method": method}
+            whats = ("evaluate", "bank_build") if method == "point-peft" else ("evaluate",)
+            for what in whats:
+                part = run_worker(
+                    Path(__file__),
+                    ["--config", config, "--method", method, "--what", what,
+                     "--batches", str(args.batches), "--threads", str(args.threads)],
+                )  # fmt: skip
+                run[what] = part[what]
+                loads.append(part["load_after"])
+                print(
+                    f"{config:8s} {method:10s} {what:10s} {part[what]['samples_per_s']:.1f} "
+                    f"samples/s  load {part['load_after']}",
+                    flush=True,
+                )
             runs.append(run)
-            loads.append(run["load_after"])
-            print(
-                f"{config:8s} {method:10s} evaluate {run['evaluate']['samples_per_s']:.1f} "
-                f"samples/s  load {run['load_after']}",
-                flush=True,
-            )
     one_min = [la[0] for la in loads if la]
     payload = {
         "machine": machine_info(args.threads),

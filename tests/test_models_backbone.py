@@ -203,3 +203,32 @@ def test_frozen_patch_encoder_matches_reference(chunk_points: int) -> None:
         got = model.encoder(nb, frozen_stats=True)
     assert got.shape == (2, 16, 384)
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_eval_mode_encoder_without_autograd_takes_the_frozen_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fully fine-tuned model's encoder in eval mode under no_grad uses `forward_frozen`,
+    with the same values as its autograd path; in train mode it does not."""
+    model = create_model("point-mae", num_classes=15, method="full")
+    model.load_pretrained({"base_model": official_state_dict("mae_pretrain", seed=5)})
+    enc = model.encoder
+    for bn in (enc.first_conv[1], enc.second_conv[1]):  # non-trivial running statistics
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    nb, _ = ref_group(clouds(512, seed=3), 16, 32)
+    enc.eval()
+    want = enc(nb)  # autograd enabled: the general path
+    calls: list[int] = []
+    frozen = type(enc).forward_frozen
+    monkeypatch.setattr(
+        type(enc), "forward_frozen", lambda self, x: calls.append(1) or frozen(self, x)
+    )
+    with torch.no_grad():
+        got = enc(nb)
+    assert calls == [1]
+    torch.testing.assert_close(got, want.detach(), atol=1e-5, rtol=1e-5)
+    enc.train()
+    with torch.no_grad():
+        enc(nb)
+    assert calls == [1]

@@ -280,6 +280,13 @@ class PatchEncoder(nn.Module):
         weight = conv.weight[..., 0] * scale.unsqueeze(1)
         return weight, (conv.bias - bn.running_mean) * scale + bn.bias
 
+    def _running_stats(self) -> bool:
+        """True when both BatchNorms normalise with their running statistics (eval mode)."""
+        bns = (self.first_conv[1], self.second_conv[1])
+        return not self.training and all(
+            bn.track_running_stats and bn.running_var is not None for bn in bns
+        )
+
     #: Points encoded at once by the frozen path: its `[rows, 512]` intermediates stay in cache.
     FROZEN_CHUNK_POINTS = 4096
 
@@ -328,12 +335,16 @@ class PatchEncoder(nn.Module):
     def forward(self, neighborhood: Tensor, frozen_stats: bool = False) -> Tensor:
         """Encode `[B, G, M, 3]` centred patches into `[B, G, out_dim]` tokens.
 
+        Without autograd, whenever the BatchNorms use their running statistics (`frozen_stats`,
+        or eval mode), this is `forward_frozen`: evaluating a fully fine-tuned model then gets
+        the same chunked, folded encoder as Point-PEFT and linear probing.
+
         Args:
             neighborhood: centred patch coordinates.
             frozen_stats: use the BatchNorm running statistics whatever the module's mode (they
                 are then folded into the preceding weights).
         """
-        if frozen_stats and not torch.is_grad_enabled():
+        if (frozen_stats or self._running_stats()) and not torch.is_grad_enabled():
             return self.forward_frozen(neighborhood)
         b, g, m, _ = neighborhood.shape
         conv0, bn0, _, conv1 = self.first_conv
