@@ -260,6 +260,20 @@ def _run_epochs(loop: _Loop, start_epoch: int) -> None:
         D.barrier(loop.info)
 
 
+def _shared_bank(
+    model: Any, train_set: Any, cfg: RunConfig, weights: Any, cache_root: Path,
+    device: torch.device, info: D.DistInfo, hooks: TrainHooks,
+) -> tuple[Any, Path, bool]:  # fmt: skip
+    """`obtain_bank` on the main rank first (it builds and caches), then on the others (they
+    read the cached bank), so that the bank is built once."""
+    if info.is_main:
+        found = obtain_bank(model, train_set, cfg, weights, cache_root, device, hooks.progress)
+    D.barrier(info)
+    if not info.is_main:
+        found = obtain_bank(model, train_set, cfg, weights, cache_root, device)
+    return found
+
+
 def _setup(
     cfg: RunConfig,
     run: RunDir,
@@ -294,14 +308,10 @@ def _setup(
         if resume and run.bank.is_file():
             bank, path, built = load_bank(run.bank), run.bank, False
         else:
+            bank, path, built = _shared_bank(
+                model, train_set, cfg, weights, cache_root, device, info, hooks
+            )
             if info.is_main:
-                bank, path, built = obtain_bank(
-                    model, train_set, cfg, weights, cache_root, device, hooks.progress
-                )
-            D.barrier(info)
-            if not info.is_main:
-                bank, path, built = obtain_bank(model, train_set, cfg, weights, cache_root, device)
-            else:
                 run.copy_bank(path)
         model.set_memory_bank(bank.tensor(device))
         bank_info = {"used": True, "cached_path": str(path), "built": built,
