@@ -134,9 +134,17 @@ def count_flops(stepper: Stepper, points: torch.Tensor, labels: torch.Tensor) ->
     """GFLOP of one step, split into forward + loss and backward + optimizer."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as fwd:
+    # the backbone's oneDNN dense layers are not in torch's FLOP registry: 2 * rows * in * out
+    def dense(x_shape, *args, out_shape=None, **kwargs) -> int:  # type: ignore[no-untyped-def]
+        rows = 1
+        for d in x_shape[:-1]:
+            rows *= d
+        return 2 * rows * x_shape[-1] * out_shape[-1]
+
+    mapping = {torch.ops.mkldnn._linear_pointwise: dense}  # both overloads
+    with FlopCounterMode(display=False, custom_mapping=mapping) as fwd:
         loss = stepper.forward(points, labels)
-    with FlopCounterMode(display=False) as bwd:
+    with FlopCounterMode(display=False, custom_mapping=mapping) as bwd:
         stepper.update(loss)
     f, b = fwd.get_total_flops() / 1e9, bwd.get_total_flops() / 1e9
     return {"forward": f, "backward": b, "total": f + b}
@@ -291,7 +299,8 @@ def markdown(payload: dict[str, Any]) -> str:
         f"matmul peak {payload['matmul_peak_gflops']:.0f} GFLOP/s; "
         f"load average seen {payload['load_min']}-{payload['load_max']}; "
         f"malloc: {payload['malloc']}; gradient buffers: {payload.get('grads', 'freed')}; "
-        f"geometry adapter: {payload.get('adapter_kernels', 'PyTorch')}.",
+        f"geometry adapter: {payload.get('adapter_kernels', 'PyTorch')}; "
+        f"dense layers: {payload.get('dense_layers', 'PyTorch')}.",
         "",
         "| config | method | step s (rounds) | **median s** | CPU s | samples/s "
         "| peak mem MiB (rounds) | **median MiB** | trainable | GFLOP fwd / bwd+opt / total "
@@ -421,6 +430,13 @@ def adapter_kernels(device: str) -> str:
     return f"compiled CPU kernels (numba {numba.__version__})"
 
 
+def dense_layers(device: str) -> str:
+    """Which library runs the backbone's dense layers (`POINTPEFT_LINEAR=torch` forces PyTorch)."""
+    from pointpeft_cli.models.linear import backend
+
+    return backend(device)
+
+
 def main() -> None:
     args = parse_args()
     if args.interleaved_worker:
@@ -486,6 +502,7 @@ def main() -> None:
         "malloc": f"MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}" if env else "glibc default",
         "grads": args.grads,
         "adapter_kernels": adapter_kernels(args.device),
+        "dense_layers": dense_layers(args.device),
         "load_min": min(one_min, default=None),
         "load_max": max(one_min, default=None),
         "anchors_original_s": ANCHORS,

@@ -37,3 +37,8 @@ def debug() -> bool:
 def compiled_kernels() -> bool:
     """False when ``POINTPEFT_KERNELS=torch`` asks for the pure-PyTorch adapter path on CPU."""
     return os.environ.get("POINTPEFT_KERNELS", "").strip().lower() != "torch"
+
+
+def onednn_linear() -> bool:
+    """False when ``POINTPEFT_LINEAR=torch`` asks for PyTorch's own CPU linear layers."""
+    return os.environ.get("POINTPEFT_LINEAR", "").strip().lower() != "torch"

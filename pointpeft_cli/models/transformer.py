@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from pointpeft_cli.models.linear import linear
 from pointpeft_cli.models.recipes import saved_as_recipe
 
 if TYPE_CHECKING:
@@ -57,14 +58,18 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=False)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, proj_bias: Tensor | None = None) -> Tensor:
-        """Attend over all tokens; `proj_bias` replaces `proj.bias` (frozen retrieval pass)."""
+    def forward(
+        self, x: Tensor, proj_bias: Tensor | None = None, residual: Tensor | None = None
+    ) -> Tensor:
+        """Attend over all tokens (plus `residual`, when given); `proj_bias` replaces
+        `proj.bias` (frozen retrieval pass)."""
         b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads)
+        qkv = linear(x, self.qkv.weight).reshape(b, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)  # default scale = head_dim ** -0.5
         out = out.transpose(1, 2).reshape(b, n, c)
-        return F.linear(out, self.proj.weight, self.proj.bias if proj_bias is None else proj_bias)
+        bias = self.proj.bias if proj_bias is None else proj_bias
+        return linear(out, self.proj.weight, bias, residual=residual)
 
 
 class Mlp(nn.Module):
@@ -76,14 +81,25 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: Tensor, biases: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """Apply the MLP; `biases` replaces (fc1.bias, fc2.bias) for the frozen retrieval pass."""
+    def forward(
+        self,
+        x: Tensor,
+        biases: tuple[Tensor, Tensor] | None = None,
+        residual: Tensor | None = None,
+    ) -> Tensor:
+        """Apply the MLP (plus `residual`, when given); `biases` replaces (fc1.bias, fc2.bias)
+        for the frozen retrieval pass."""
         b1, b2 = (self.fc1.bias, self.fc2.bias) if biases is None else biases
-        return F.linear(self.act(F.linear(x, self.fc1.weight, b1)), self.fc2.weight, b2)
+        hidden = linear(x, self.fc1.weight, b1, gelu=True)
+        return linear(hidden, self.fc2.weight, b2, residual=residual)
 
     def hidden(self, x: Tensor) -> Tensor:
         """`act(fc1(x))`, the 4x-wide activation."""
-        return self.act(self.fc1(x))
+        return linear(x, self.fc1.weight, self.fc1.bias, gelu=True)
+
+    def output(self, hidden: Tensor) -> Tensor:
+        """`fc2(hidden)`."""
+        return linear(hidden, self.fc2.weight, self.fc2.bias)
 
 
 class Entry(NamedTuple):
@@ -195,7 +211,7 @@ class Block(nn.Module):
         if not (self.recompute_mlp and torch.is_grad_enabled()):
             return self.mlp(self.norm2(x))
         hidden = checkpoint(self._norm2_hidden, x, use_reentrant=False)
-        return self.mlp.fc2(hidden)
+        return self.mlp.output(hidden)
 
     def forward_frozen(self, x: Tensor, biases: dict[str, Tensor] | None = None) -> Tensor:
         """The upstream block with eval semantics (no DropPath) and no hooks.
@@ -208,12 +224,12 @@ class Block(nn.Module):
         b = biases or {}
         n1, n2 = self.norm1, self.norm2
         h = F.layer_norm(x, n1.normalized_shape, n1.weight, b.get("norm1.bias", n1.bias), n1.eps)
-        x = x + self.attn(h, proj_bias=b.get("attn.proj.bias"))
+        x = self.attn(h, proj_bias=b.get("attn.proj.bias"), residual=x)
         h = F.layer_norm(x, n2.normalized_shape, n2.weight, b.get("norm2.bias", n2.bias), n2.eps)
         fc = None
         if "mlp.fc1.bias" in b:
             fc = (b["mlp.fc1.bias"], b["mlp.fc2.bias"])
-        return x + self.mlp(h, fc)
+        return self.mlp(h, fc, residual=x)
 
 
 class TransformerEncoder(nn.Module):
@@ -314,7 +330,8 @@ class PatchEncoder(nn.Module):
         w1, b1 = conv1.weight[..., 0], conv1.bias
         w2, b2 = self._fold(conv2, bn1)
         c2 = w1.shape[0]
-        w_glob, w_local = w2[:, :c2], w2[:, c2:]
+        w_glob = w2[:, :c2].contiguous()
+        w_local = w2[:, c2:]
         # w_local @ (w1 x + b1) = (w_local @ w1) x + w_local @ b1; the constant joins b2
         w_fused = self._compose(w_local, w1)
         b_glob = b2 + self._compose(w_local, b1.unsqueeze(1)).squeeze(1)
@@ -325,10 +342,10 @@ class PatchEncoder(nn.Module):
         for start in range(0, b * g, step):
             chunk = points[start : start + step]
             x0 = F.linear(chunk.reshape(-1, 3), w0, b0).relu_()
-            x = F.linear(x0, w1, b1)
-            glob = F.linear(x.view(len(chunk), m, -1).amax(1), w_glob, b_glob)
-            h = F.linear(x0, w_fused).view(len(chunk), m, -1).add_(glob.unsqueeze(1))
-            pooled = F.linear(h.relu_().view(-1, h.shape[-1]), w3).view(len(chunk), m, -1).amax(1)
+            x = linear(x0, w1, b1)
+            glob = linear(x.view(len(chunk), m, -1).amax(1), w_glob, b_glob)
+            h = linear(x0, w_fused).view(len(chunk), m, -1).add_(glob.unsqueeze(1))
+            pooled = linear(h.relu_().view(-1, h.shape[-1]), w3).view(len(chunk), m, -1).amax(1)
             out[start : start + step] = pooled.add_(conv3.bias)
         return out.view(b, g, -1)
 
@@ -354,13 +371,14 @@ class PatchEncoder(nn.Module):
             x = F.linear(x, *self._fold(conv0, bn0)).relu_()
         else:
             x = bn0(F.linear(x, conv0.weight[..., 0], conv0.bias)).relu_()
-        x = F.linear(x, conv1.weight[..., 0], conv1.bias).view(b * g, m, -1)
+        x = linear(x, conv1.weight[..., 0], conv1.bias).view(b * g, m, -1)
         c2 = x.shape[-1]
         w2, b2 = self._fold(conv2, bn1) if frozen_stats else (conv2.weight[..., 0], conv2.bias)
         # upstream: conv over cat(global expanded, local); the global half is computed per group
-        glob = F.linear(x.max(dim=1).values, w2[:, :c2], b2)
-        x = F.linear(x, w2[:, c2:]).add_(glob.unsqueeze(1)).view(b * g * m, -1)
+        # contiguous halves: a column slice is a strided weight, slow on oneDNN
+        glob = linear(x.max(dim=1).values, w2[:, :c2].contiguous(), b2)
+        x = linear(x, w2[:, c2:].contiguous()).add_(glob.unsqueeze(1)).view(b * g * m, -1)
         x = x.relu_() if frozen_stats else bn1(x).relu_()
-        x = F.linear(x, conv3.weight[..., 0], conv3.bias).view(b * g, m, -1)
+        x = linear(x, conv3.weight[..., 0], conv3.bias).view(b * g, m, -1)
         pooled = x.amax(dim=1) if frozen_stats else x.max(dim=1).values
         return pooled.view(b, g, -1)
