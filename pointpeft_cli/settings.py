@@ -34,11 +34,15 @@ def debug() -> bool:
     return _env_flag("POINTPEFT_DEBUG")
 
 
+def _torch_forced(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() == "torch"
+
+
 def compiled_kernels() -> bool:
     """False when ``POINTPEFT_KERNELS=torch`` asks for the pure-PyTorch adapter path on CPU."""
-    return os.environ.get("POINTPEFT_KERNELS", "").strip().lower() != "torch"
+    return not _torch_forced("POINTPEFT_KERNELS")
 
 
 def onednn_linear() -> bool:
     """False when ``POINTPEFT_LINEAR=torch`` asks for PyTorch's own CPU linear layers."""
-    return os.environ.get("POINTPEFT_LINEAR", "").strip().lower() != "torch"
+    return not _torch_forced("POINTPEFT_LINEAR")

@@ -73,12 +73,11 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """fc1 -> GELU -> fc2 (upstream uses dropout 0, so there is none)."""
+    """fc1 -> exact (erf) GELU -> fc2 (upstream uses dropout 0, so there is none)."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(
