@@ -23,8 +23,8 @@ def _layout(batch: int, rows: int, groups: int, k: int, seed: int) -> torch.Tens
     return (local + offset).t().reshape(-1).contiguous()
 
 
-def _pool_case(seed: int = 0):  # type: ignore[no-untyped-def]
-    batch, rows, groups, k, c, width = 3, 11, 4, 5, 24, 7
+def _pool_case(seed: int = 0, width: int = 7):  # type: ignore[no-untyped-def]
+    batch, rows, groups, k, c = 3, 11, 4, 5, 24
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch * (rows + 1), c, generator=g)
     lhs = torch.randn(k * batch * groups, width, generator=g)
@@ -40,8 +40,10 @@ def _pool(x, idx, lhs, rhs, grad, k, groups):  # type: ignore[no-untyped-def]
     return out.detach(), [t.grad for t in leaves]
 
 
-def test_pool_kernel_matches_the_pytorch_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    case = _pool_case()
+# the backward pads the width to whole 16-lane vectors: below, at and above one vector
+@pytest.mark.parametrize("width", [7, 16, 19])
+def test_pool_kernel_matches_the_pytorch_path(monkeypatch: pytest.MonkeyPatch, width: int) -> None:
+    case = _pool_case(width=width)
     out, grads = _pool(*case)
     monkeypatch.setenv("POINTPEFT_KERNELS", "torch")
     ref, ref_grads = _pool(*case)

@@ -46,6 +46,20 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
+class Dropout(nn.Dropout):
+    """`nn.Dropout` (same keep probability, scaling and eval identity) with its mask drawn by
+    `uniform_` instead of `bernoulli_`, which is 2-3x slower on CPU: the prompts' and adapters'
+    dropout ran at about 6 ns per element, more than the small layers around it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p == 1.0:
+            return x * 0.0
+        mask = torch.empty_like(x).uniform_().ge_(self.p).mul_(1.0 / (1.0 - self.p))
+        return x.mul_(mask) if self.inplace else x * mask
+
+
 class Attention(nn.Module):
     """Multi-head self-attention (qkv without bias) computed by `scaled_dot_product_attention`
     (the fused flash kernel on CPU and CUDA)."""

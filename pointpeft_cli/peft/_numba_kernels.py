@@ -219,13 +219,26 @@ def pool_forward(rows, idx, lhs, rhs, k, groups, values, first):
 def pool_backward(grad, first, idx, lhs, rhs_t, k, groups, d_rows, d_lhs, d_rhs_t):
     big_n, c = grad.shape
     width = lhs.shape[1]
+    # the update loops run over the width padded to whole vectors (zeros in the padding),
+    # into per-group buffers: no remainder loop and no read-modify-write of d_lhs per channel
+    padded = -(-width // 16) * 16
     for b in prange(big_n // groups):
-        part = d_rhs_t[b]
+        part = np.zeros((c, padded), np.float32)
+        rhs_p = np.zeros((c, padded), np.float32)
+        rhs_p[:, :width] = rhs_t
+        d_member = np.empty((k, padded), np.float32)
+        lhs_p = np.zeros((k, padded), np.float32)
         for n in range(b * groups, (b + 1) * groups):
+            d_member[:] = 0.0
+            for j in range(k):
+                lhs_p[j, :width] = lhs[j * big_n + n]
             for ch in range(c):
-                m = first[n, ch] * big_n + n
+                j = first[n, ch]
                 g = grad[n, ch]
-                d_rows[idx[m], ch] += g
-                for w in range(width):
-                    d_lhs[m, w] += g * rhs_t[ch, w]
-                    part[ch, w] += g * lhs[m, w]
+                d_rows[idx[j * big_n + n], ch] += g
+                for w in range(padded):
+                    d_member[j, w] += g * rhs_p[ch, w]
+                    part[ch, w] += g * lhs_p[j, w]
+            for j in range(k):
+                d_lhs[j * big_n + n] += d_member[j, :width]
+        d_rhs_t[b] += part[:, :width]

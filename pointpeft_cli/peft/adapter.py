@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from pointpeft_cli.models.recipes import saved_as_recipe
+from pointpeft_cli.models.transformer import Dropout
 from pointpeft_cli.peft import kernels
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class Bottleneck(PeftModule):
         super().__init__()
         self.ln1 = nn.Linear(dim, rank)
         self.activate = QuickGELU()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.ln2 = nn.Linear(rank, dim)
         self.residual = residual
         for lin in (self.ln1, self.ln2):

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from pointpeft_cli.errors import ConfigError
+from pointpeft_cli.models.transformer import Dropout
 from pointpeft_cli.peft.adapter import (
     Bottleneck,
     LocalAttention,
@@ -72,7 +73,7 @@ def inject(model: PointCloudClassifier, cfg: PointPeftConfig) -> InjectionReport
         targeted += [f"{name}.adapter", f"{name}.adapter1", f"{name}.out_transform"]
         if i in prompted:
             block.prompt_embeddings = _prompt_param(cfg.num_prompt_tokens, dim, cfg.prompt_init_std)
-            block.prompt_dropout = nn.Dropout(cfg.prompt_dropout)
+            block.prompt_dropout = Dropout(cfg.prompt_dropout)
             block.cp_adapter = Bottleneck(dim, cfg.cp_adapter_dim, cfg.adapter_dropout)
             targeted += [f"{name}.prompt_embeddings", f"{name}.cp_adapter"]
     model.blocks.attn1 = LocalAttention(dim, cfg.local_heads, cfg.local_dim)
