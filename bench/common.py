@@ -91,13 +91,13 @@ def machine_info(threads: int) -> dict[str, Any]:
     }
 
 
-def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 20) -> float:
-    """Median GFLOP/s of a float32 `size x size` matmul (the machine's practical peak).
-
-    The faster of PyTorch's `mm` (MKL on CPU) and the backbone's dense-layer backend
-    (`pointpeft_cli.models.linear`, oneDNN on CPU), timed alternately: on AMD CPUs MKL's float32
-    GEMM is 15-30 % slower than oneDNN's, so `mm` alone understates what the machine can do.
-    """
+def matmul_peaks(threads: int, size: int = 2048, repeats: int = 20) -> dict[str, float]:
+    """Median GFLOP/s of a float32 `size x size` matmul by PyTorch's `mm` (MKL on CPU) and by the
+    backbone's dense-layer backend (`pointpeft_cli.models.linear`, oneDNN on CPU), timed
+    alternately. The faster is the machine's practical peak (on AMD CPUs MKL's float32 GEMM is
+    15-30 % slower than oneDNN's, so `mm` alone understates it). Full fine-tuning's weight
+    gradients run on `mm`, the other dense layers on the backend, and this VM's speed drifts,
+    so the two figures also say which phase a run was in."""
     from pointpeft_cli.models.linear import linear
 
     torch.set_num_threads(threads)
@@ -112,7 +112,7 @@ def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 20) -> flo
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
-    return 2 * size**3 / min(statistics.median(t) for t in times.values()) / 1e9
+    return {name: 2 * size**3 / statistics.median(t) / 1e9 for name, t in times.items()}
 
 
 def run_worker(script: Path, args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from common import (
     CONFIGS,
     load_average,
     machine_info,
-    matmul_peak_gflops,
+    matmul_peaks,
     median,
     peak_rss_mib,
     random_bank,
@@ -287,6 +287,18 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
+def _phases(payload: dict[str, Any]) -> str:
+    """` (mm 177 -> 170, dense layers 215 -> 213 at start -> end)`, or nothing for old payloads."""
+    peaks = payload.get("matmul_gflops_start_end")
+    if not peaks:
+        return ""
+    start, end = peaks["start"], peaks["end"]
+    return (
+        f" (`mm` {start['mm']:.0f} -> {end['mm']:.0f}, dense layers {start['linear']:.0f} -> "
+        f"{end['linear']:.0f} GFLOP/s at start -> end)"
+    )
+
+
 def markdown(payload: dict[str, Any]) -> str:
     """The result tables."""
     m = payload["machine"]
@@ -296,7 +308,7 @@ def markdown(payload: dict[str, Any]) -> str:
         f"{m['cpu']}, {m['threads']} threads, torch {m['torch']}, device {payload['device']}, "
         f"{m['date']}; {payload['rounds']} rounds x {payload['steps']} steps "
         f"(median of steps {payload['warmup'] + 1}-{payload['steps']}); "
-        f"matmul peak {payload['matmul_peak_gflops']:.0f} GFLOP/s; "
+        f"matmul peak {payload['matmul_peak_gflops']:.0f} GFLOP/s{_phases(payload)}; "
         f"load average seen {payload['load_min']}-{payload['load_max']}; "
         f"malloc: {payload['malloc']}; gradient buffers: {payload.get('grads', 'freed')}; "
         f"geometry adapter: {payload.get('adapter_kernels', 'PyTorch')}; "
@@ -447,7 +459,8 @@ def main() -> None:
         return
     configs, methods = selected(args.configs, args.methods, CONFIGS, STEP_METHODS)
     env = {"MALLOC_MMAP_THRESHOLD_": str(args.mmap_threshold)} if args.mmap_threshold else {}
-    peak = matmul_peak_gflops(args.threads)
+    peaks = {"start": matmul_peaks(args.threads)}
+    peak = max(peaks["start"].values())
     loads, runs = [load_average()], []
     for rnd in range(args.rounds):
         for config in configs:
@@ -489,6 +502,7 @@ def main() -> None:
         loads.append(res["load_after"])
         shown = [f"{m} {r['median']:.3f}" for m, r in res["ratios"].items() if r]
         print(f"interleaved {config} (x full): " + ", ".join(shown), flush=True)
+    peaks["end"] = matmul_peaks(args.threads)
     one_min = [la[0] for la in loads if la]
     payload = {
         "machine": machine_info(args.threads),
@@ -499,6 +513,7 @@ def main() -> None:
         "warmup": args.warmup,
         "methods": methods,
         "matmul_peak_gflops": peak,
+        "matmul_gflops_start_end": peaks,
         "malloc": f"MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}" if env else "glibc default",
         "grads": args.grads,
         "adapter_kernels": adapter_kernels(args.device),
