@@ -99,11 +99,12 @@ class Stepper:
     """
 
     def __init__(self, model: torch.nn.Module, keep_grads: bool = True) -> None:
+        from pointpeft_cli.engine.optim import adamw
         from pointpeft_cli.peft.trainable import param_groups
 
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(param_groups(model, 0.05), lr=5e-4)
+        self.opt = adamw(param_groups(model, 0.05), lr=5e-4)
         self.keep_grads = keep_grads
 
     def forward(self, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from pointpeft_cli import __version__
 from pointpeft_cli.engine.grads import keep_gradients
+from pointpeft_cli.engine.optim import adamw
 from pointpeft_cli.engine.pretrain_config import PretrainConfig, read_pretrain_config
 from pointpeft_cli.engine.pretrain_data import build_source, collate_points, describe_source
 from pointpeft_cli.engine.rundir import RunDir
@@ -215,7 +216,7 @@ def _setup(cfg: PretrainConfig, run: RunDir, cache_root: Path, hooks: TrainHooks
         data_dir=Path(d.data_dir) if d.data_dir else None, cache_root=cache_root,
     )  # fmt: skip
     t = cfg.train
-    optimizer = torch.optim.AdamW(_param_groups(model, t.weight_decay), lr=t.lr)
+    optimizer = adamw(_param_groups(model, t.weight_decay), lr=t.lr)
     schedule = CosineWithWarmup(t.lr, t.epochs, t.warmup_epochs, t.warmup_lr, t.min_lr)
     return _Loop(cfg, run, device, model, data, optimizer, schedule, hooks)
 

@@ -23,6 +23,7 @@ from pointpeft_cli.engine import distributed as D
 from pointpeft_cli.engine.evaluate import predict_logits, report_from_logits
 from pointpeft_cli.engine.grads import keep_gradients
 from pointpeft_cli.engine.memory_bank import load_bank
+from pointpeft_cli.engine.optim import adamw
 from pointpeft_cli.engine.prepare import (
     Progress,
     Sampling,
@@ -318,7 +319,7 @@ def _setup(
                      "num_samples": bank.num_samples, "feature_dim": bank.feature_dim}  # fmt: skip
     from pointpeft_cli.peft.trainable import count_parameters, param_groups
 
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+    optimizer = adamw(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
     amp = amp_dtype(device, cfg.train.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     t = cfg.train
