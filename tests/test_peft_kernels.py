@@ -189,3 +189,24 @@ def test_warm_up_loads_the_kernels_without_touching_the_rng(
     assert torch.equal(state, torch.random.get_rng_state())
     monkeypatch.setenv("POINTPEFT_KERNELS", "torch")
     assert not kernels.warm_up()
+
+
+def test_loading_the_kernels_keeps_torchs_thread_count() -> None:
+    # numba's thread pool sets OpenMP's thread count as it starts; in a fresh process (numba
+    # starts once per process) torch must keep the 1 thread it was given
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from pointpeft_cli.peft import kernels\n"
+        "assert kernels.warm_up()\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "POINTPEFT_KERNELS"}
+    env["NUMBA_NUM_THREADS"] = "2"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "1"

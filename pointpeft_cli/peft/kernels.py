@@ -33,6 +33,14 @@ def _numba() -> ModuleType | None:
         import numba
     except ImportError:  # pragma: no cover - numba is a dependency; kept for odd platforms
         return None
+    # Starting numba's thread pool calls omp_set_num_threads(NUMBA_NUM_THREADS), and that lands
+    # in PyTorch's OpenMP runtime too: a process that asked torch for fewer threads than the
+    # machine has cores would run on all of them from then on (two 1-thread runs on 2 cores ran
+    # 2-3x slower). Start the pool here, once, and give torch its own setting back.
+    threads = torch.get_num_threads()
+    numba.get_num_threads()  # starts the pool
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     return numba
 
 
