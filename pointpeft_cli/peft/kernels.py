@@ -46,9 +46,9 @@ def _numba() -> ModuleType | None:
 
 def usable(*tensors: Tensor) -> bool:
     """True when the compiled kernels apply to these tensors (CPU float32, numba present)."""
-    if not compiled_kernels() or _numba() is None:
-        return False
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+    if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+        return False  # checked first: a CUDA run never imports numba or starts its thread pool
+    return compiled_kernels() and _numba() is not None
 
 
 def _sync_threads() -> None:
