@@ -12,7 +12,14 @@ import pointpeft_cli.peft.adapter as adapter_mod
 from pointpeft_cli.errors import ConfigError
 from pointpeft_cli.models.ops import gather_points
 from pointpeft_cli.models.registry import create_model
-from pointpeft_cli.peft.adapter import LocalAttention, member_max, take_rows
+from pointpeft_cli.peft.adapter import (
+    Bottleneck,
+    LocalAttention,
+    MlpAdapter,
+    add_linear,
+    member_max,
+    take_rows,
+)
 from pointpeft_cli.peft.config import PointPeftConfig
 
 TINY = {
@@ -116,6 +123,38 @@ def test_take_rows_matches_gather() -> None:
     idx = torch.randint(0, 11, (3, 6, 2))
     flat = (idx + torch.arange(3).view(3, 1, 1) * 11).reshape(-1)
     assert torch.equal(take_rows(rows, flat).view(3, 6, 2, 4), gather_points(rows, idx))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_add_linear_is_base_plus_scaled_linear(bias: bool) -> None:
+    lin = torch.nn.Linear(5, 7, bias=bias).double()
+    base = torch.randn(2, 3, 7, dtype=torch.float64, requires_grad=True)
+    hidden = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 3, 7, dtype=torch.float64)
+    inputs = (base, hidden, *lin.parameters())
+    got = add_linear(base, hidden, lin, 0.7)
+    got_grads = torch.autograd.grad(got, inputs, grad)
+    want = base + 0.7 * lin(hidden)
+    want_grads = torch.autograd.grad(want, inputs, grad)
+    assert got.shape == base.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_adapters_keep_their_maths_and_the_residual_dtype() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, 32)
+    mlp_adapter = MlpAdapter(32, 8, 0.0, 0.7)
+    bottleneck = Bottleneck(32, 8, 0.0, residual=True)
+    hidden = mlp_adapter.hidden(x)
+    expected = x + 0.7 * mlp_adapter.ln2(hidden)
+    torch.testing.assert_close(mlp_adapter.add_to(x, hidden), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bottleneck(x), x + bottleneck.ln2(bottleneck.hidden(x)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        # the autocast product is bfloat16; the residual stream stays float32
+        assert bottleneck(x).dtype == torch.float32
+        assert mlp_adapter.add_to(x, mlp_adapter.hidden(x)).dtype == torch.float32
 
 
 def test_local_attention_is_the_original_attn1() -> None:

@@ -126,7 +126,7 @@ class Entry(NamedTuple):
 
 def _adapter_sum(x: Tensor, h: Tensor, adapter: nn.Module, hidden: Tensor) -> Tensor:
     """`x + h + adapter(h)` from the adapter's `hidden` activation (the block's forward maths)."""
-    return x + h + adapter.output(hidden)
+    return adapter.add_to(x + h, hidden)
 
 
 class Block(nn.Module):
@@ -196,7 +196,7 @@ class Block(nn.Module):
             out = x + h
         else:
             hidden = self.adapter.hidden(h)
-            out = x + h + self.adapter.output(hidden)
+            out = _adapter_sum(x, h, self.adapter, hidden)
             # x, h and hidden stay saved (norm2, adapter.ln1, adapter.ln2), so the output that
             # the geometry adapter's recomputed segments keep is rebuilt from them in backward
             kept_as = saved_as_recipe(out, partial(_adapter_sum, x, h, self.adapter, hidden))

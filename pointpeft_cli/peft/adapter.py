@@ -36,6 +36,25 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+def add_linear(base: Tensor, hidden: Tensor, lin: nn.Linear, scale: float = 1.0) -> Tensor:
+    """`base + scale * lin(hidden)` as a single `addmm` (the bias rides on a column of ones).
+
+    A bottleneck's up-projection is a thin product (rank 8-16) into a wide output; written
+    out, its bias, scale and residual each cost one more pass over that output, more than the
+    product itself. Same maths; only the rounding order differs. Under autocast the plain
+    expression runs, so the residual stream keeps its dtype.
+    """
+    if torch.is_autocast_enabled(base.device.type) or base.dtype != hidden.dtype:
+        return base + scale * lin(hidden)
+    rows = hidden.reshape(-1, hidden.shape[-1])
+    weight = lin.weight
+    if lin.bias is not None:
+        rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
+        weight = torch.cat([weight, lin.bias.unsqueeze(1)], dim=1)
+    out = torch.addmm(base.reshape(-1, base.shape[-1]), rows, weight.t(), alpha=scale)
+    return out.view(base.shape)
+
+
 class Bottleneck(PeftModule):
     """The original `AdapterSuper`: `ln2(drop(QuickGELU(ln1(x))))`, plus `x` when residual.
 
@@ -59,8 +78,8 @@ class Bottleneck(PeftModule):
         return self.dropout(self.activate(self.ln1(x)))
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.ln2(self.hidden(x))
-        return x + out if self.residual else out
+        hidden = self.hidden(x)
+        return add_linear(x, hidden, self.ln2) if self.residual else self.ln2(hidden)
 
 
 class MlpAdapter(Bottleneck):
@@ -73,6 +92,10 @@ class MlpAdapter(Bottleneck):
     def output(self, hidden: Tensor) -> Tensor:
         """`scale * ln2(hidden)`: the adapter's output from its `hidden` activation."""
         return self.scale * self.ln2(hidden)
+
+    def add_to(self, base: Tensor, hidden: Tensor) -> Tensor:
+        """`base + output(hidden)`, as one product (`add_linear`)."""
+        return add_linear(base, hidden, self.ln2, self.scale)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.output(self.hidden(x))
