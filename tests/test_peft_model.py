@@ -195,3 +195,54 @@ def test_paper_size_step_batch_32() -> None:
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("kernels_env", ["torch", "compiled"])
+@pytest.mark.parametrize("prompted", [False, True])
+def test_geometry_adapter_matches_the_written_out_method(
+    kernels_env: str, prompted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The geometry-aware adapter against its definition (method.md §3.4-3.7, fixed), written
+    out plainly: gather each group's members, members + attn1(norm3(members)), max-pool,
+    out_transform, + center_cof x centre row, tokens + propagate_cof x IDW(groups), adapter1."""
+    from pointpeft_cli.peft.context import build_context
+
+    if kernels_env == "compiled":
+        pytest.importorskip("numba")
+        monkeypatch.delenv("POINTPEFT_KERNELS", raising=False)
+    else:
+        monkeypatch.setenv("POINTPEFT_KERNELS", "torch")
+    torch.manual_seed(0)
+    model = create_model(
+        "point-mae", num_classes=6, num_group=24, group_size=8,
+        peft=PointPeftConfig(local_group_size=6, center_cof=0.3, propagate_cof=0.2), **TINY,
+    ).eval()  # fmt: skip
+    block, local = model.blocks.blocks[0], (model.blocks.norm3, model.blocks.attn1)
+    bn = block.out_transform[0]
+    bn.running_mean.normal_()
+    bn.running_var.uniform_(0.5, 2.0)
+    center = torch.rand(3, 24, 3)
+    num_prompt = model.prompt_cor.shape[0] if prompted else 0
+    ctx = build_context(
+        model.peft_config, center, model.prompt_cor.detach(), torch.randn(3, 10, 32), None, local
+    )
+    level = ctx.prompted if prompted else ctx.plain
+    x = torch.randn(3, 1 + num_prompt + 24, 32, requires_grad=True)
+    coefs = (0.3, 0.2)
+    got = adapter_mod.geometry_update(block, x, num_prompt, level, local, coefs, recompute=False)
+
+    rows = x.reshape(-1, 32)
+    k, groups = level.size, level.groups
+    members = rows[level.group_major_idx].view(3 * groups, k, 32)
+    norm3, attn1 = local
+    pooled = (members + attn1(norm3(members))).max(dim=1).values
+    vis = block.out_transform(pooled).view(3, groups, 32)
+    vis = vis + 0.3 * rows[level.flat_center].view(3, groups, 32)
+    tokens = x[:, 1 + num_prompt :] + 0.2 * level.weights @ vis
+    want = block.adapter1(torch.cat([x[:, :1], tokens], dim=1))
+
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(want)
+    got_grad = torch.autograd.grad(got, x, grad)[0]
+    want_grad = torch.autograd.grad(want, x, grad)[0]
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-5)

@@ -372,8 +372,9 @@ def _propagate(
     center_cof, propagate_cof = coefs
     b, _, c = x.shape
     vis = act(normalise(bn, pooled)).view(b, -1, c)
-    vis = vis + center_cof * take_rows(x, flat_center).view(b, -1, c)
-    tokens = x[:, 1 + num_prompt :] + propagate_cof * torch.bmm(weights, vis)
+    # one op each (scale and sum inside): no separate passes for the products and the sums
+    vis = torch.add(vis, take_rows(x, flat_center).view(b, -1, c), alpha=center_cof)
+    tokens = torch.baddbmm(x[:, 1 + num_prompt :], weights, vis, alpha=propagate_cof)
     out = adapter1(torch.cat([x[:, :1], tokens], dim=1))
     return out if follow is None else follow(out)
 
