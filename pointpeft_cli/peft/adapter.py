@@ -295,9 +295,9 @@ def _local_pool(
     # LayerNorm and qkv act row by row, so computing them before the gather is the same maths on
     # 8x fewer rows, and the gathered tensor is 54 wide instead of C. The attention reads it
     # group-major (contiguous groups suit its kernel); the pooling member-major. norm3's output
-    # stays saved for qkv's weight gradient: re-running norm3 and the thin qkv product in
-    # backward cost about 1.4 ms per ModelNet40 block (2 CPU cores) to spare 3.7 MB.
-    row_qkv = _row_qkv(rows, local)
+    # (kept for qkv's weight gradient, C wide) is recomputed rather than saved: keeping it saves
+    # about 1.4 ms per ModelNet40 block but costs 77 MiB per ScanObjectNN step (BENCHMARKS.md).
+    row_qkv = _run(partial(_row_qkv, local=local), rows, recompute=recompute)
     rhs = torch.cat([attn1.proj.weight.t(), attn1.proj.bias.unsqueeze(0)], dim=0).to(rows.dtype)
     if kernels.usable(row_qkv, rows, rhs):
         # compiled CPU path: attention straight from the row-wise qkv (no gathered copy kept
@@ -411,9 +411,8 @@ def geometry_update(
     would be wasted work).
 
     The pooling never keeps the `[K, B * G2, C]` members (`member_max`). With `recompute` on,
-    the row-wise segment after the max-pool is re-run in backward instead of keeping its C-wide
-    activations (norm3 -> qkv before the pooling is not: its output is only 54 wide, and its
-    saved norm3 output is cheaper than running it twice): `out_transform` (its
+    two cheap row-wise segments are re-run in backward instead of keeping their C-wide
+    activations: norm3 -> qkv, and everything after the max-pool: `out_transform` (its
     BatchNorm's running statistics are updated once, outside the segment), centre rows,
     propagation, adapter1, and `follow`: the next block's entry (position, prompts, norm1), so
     that the next block's input is not kept for its norm1 either. The local attention's
