@@ -123,7 +123,10 @@ def test_model_step_matches_the_torch_backend(monkeypatch: pytest.MonkeyPatch) -
     for setting in ("", "torch"):
         monkeypatch.setenv("POINTPEFT_LINEAR", setting)
         model.zero_grad(set_to_none=True)
-        torch.manual_seed(7)  # dropout, DropPath
+        # dropout, DropPath. Seed 7 made one geometry max-pool winner (block 3) flip between
+        # the backends on a near-tie (values 8e-7 apart), which moves the gradients by 2.6e-3:
+        # a discontinuity of max, not a difference in the backends' arithmetic.
+        torch.manual_seed(8)
         loss = F.cross_entropy(model(pts), torch.tensor([0, 1, 2, 3]))
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
