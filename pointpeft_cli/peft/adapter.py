@@ -296,7 +296,7 @@ def _local_pool(
     # 8x fewer rows, and the gathered tensor is 54 wide instead of C. The attention reads it
     # group-major (contiguous groups suit its kernel); the pooling member-major. norm3's output
     # (kept for qkv's weight gradient, C wide) is recomputed rather than saved: keeping it saves
-    # about 1.4 ms per ModelNet40 block but costs 77 MiB per ScanObjectNN step (BENCHMARKS.md).
+    # about 1.4 ms per ModelNet40 block but cost 84 MiB per ScanObjectNN step (BENCHMARKS.md).
     row_qkv = _run(partial(_row_qkv, local=local), rows, recompute=recompute)
     rhs = torch.cat([attn1.proj.weight.t(), attn1.proj.bias.unsqueeze(0)], dim=0).to(rows.dtype)
     if kernels.usable(row_qkv, rows, rhs):
