@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -154,6 +155,32 @@ def median(values: list[float]) -> float | None:
     """Median of the non-None values, or None."""
     vals = [v for v in values if v is not None]
     return statistics.median(vals) if vals else None
+
+
+def ratio_interval(
+    num: list[float], den: list[float], paired: bool, level: float = 0.9, reps: int = 4000
+) -> tuple[float, float] | None:
+    """Percentile-bootstrap interval of a time ratio (seeded: the same data, the same interval).
+
+    Paired (`num[i]` and `den[i]` ran back to back): the median of the per-pair ratios, pairs
+    resampled. Unpaired (two processes' steps): the ratio of the two medians, each side's steps
+    resampled on its own. Steps of one process are not independent (a VM's speed drifts), so
+    read the interval as the spread this data allows, not as a guarantee.
+    """
+    if not num or not den or (paired and len(num) != len(den)):
+        return None
+    rng = random.Random(0)
+    stats = []
+    for _ in range(reps):
+        if paired:
+            picks = [rng.randrange(len(num)) for _ in num]
+            stats.append(statistics.median(num[i] / den[i] for i in picks))
+        else:
+            a = statistics.median(rng.choices(num, k=len(num)))
+            stats.append(a / statistics.median(rng.choices(den, k=len(den))))
+    stats.sort()
+    tail = (1.0 - level) / 2
+    return stats[int(tail * (reps - 1))], stats[int((1.0 - tail) * (reps - 1))]
 
 
 def random_clouds(batch: int, points: int, generator: torch.Generator) -> torch.Tensor:

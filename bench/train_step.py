@@ -13,7 +13,11 @@ cycle, `--interleaved` cycles): a shared VM's speed drifts over tens of seconds,
 of two steps run back to back is far steadier than the ratio of two processes' medians. Per
 process: the median step time over the warm steps, and the peak RSS above the RSS just before
 the first step (CPU) or `torch.cuda.max_memory_allocated` (GPU). FLOPs come from one extra
-step under `torch.utils.flop_counter.FlopCounterMode` (matmul-type ops only). Variants:
+step under `torch.utils.flop_counter.FlopCounterMode` (matmul-type ops only). Every time ratio
+comes with a 90 % percentile-bootstrap interval (`common.ratio_interval`): over the pooled warm
+steps of the per-process runs, and over the cycles of the interleaved one; the per-process ratio
+is also shown round by round. On a shared VM these intervals are a few hundredths wide, so a
+ratio is only "under" a target when its interval is. Variants:
 `point-peft-rc` recomputes the MLP hidden activations (`train.recompute_mlp`, same numbers);
 `point-peft-qc` uses the optional query cache (an approximation), warm: no retrieval pass.
 
@@ -44,6 +48,7 @@ from common import (
     peak_rss_mib,
     random_bank,
     random_clouds,
+    ratio_interval,
     reset_peak_rss,
     rss_mib,
     run_worker,
@@ -232,21 +237,39 @@ def interleaved_worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def paired_ratio(times: dict[str, list[float]], num: str, den: str) -> dict[str, Any] | None:
-    """Median and range of `num / den` over the cycles (each pair ran back to back)."""
+    """Median, range and 90 % bootstrap interval of `num / den` over the cycles (each pair ran
+    back to back)."""
     if num not in times or den not in times:
         return None
     ratios = sorted(a / b for a, b in zip(times[num], times[den], strict=True))
     return {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1],
-            "cycles": len(ratios)}  # fmt: skip
+            "cycles": len(ratios),
+            "interval90": ratio_interval(times[num], times[den], paired=True)}  # fmt: skip
 
 
-def summarise(runs: list[dict[str, Any]], configs: list[str], methods: list[str], peak: float):
+def round_ratios(mine: list[dict[str, Any]], full: list[dict[str, Any]]) -> list[float]:
+    """`step_s` ratios of the two processes of each round (run one after the other)."""
+    by_round = {r["round"]: r["step_s"] for r in full if "round" in r}
+    return [r["step_s"] / by_round[r["round"]] for r in mine if r.get("round") in by_round]
+
+
+def warm_steps(runs: list[dict[str, Any]], warmup: int) -> list[float]:
+    """Every warm step of these processes, pooled."""
+    return [t for r in runs for t in r["times_s"][warmup:]]
+
+
+def summarise(
+    runs: list[dict[str, Any]], configs: list[str], methods: list[str], peak: float, warmup: int
+):
     """Per (config, method) medians over rounds, plus Point-PEFT/full ratios."""
     summary: dict[str, Any] = {}
     for config in configs:
         rows: dict[str, Any] = {}
+        procs: dict[str, list[dict[str, Any]]] = {}
         for method in methods:
-            mine = [r for r in runs if r["config"] == config and r["method"] == method]
+            mine = procs[method] = [
+                r for r in runs if r["config"] == config and r["method"] == method
+            ]
             step = median([r["step_s"] for r in mine])
             gflop = next((r["gflop"] for r in mine if "gflop" in r), None)
             rows[method] = {
@@ -263,8 +286,12 @@ def summarise(runs: list[dict[str, Any]], configs: list[str], methods: list[str]
             }
         if "point-peft" in rows and "full" in rows:
             p, f = rows["point-peft"], rows["full"]
+            pp_steps = warm_steps(procs["point-peft"], warmup)
+            full_steps = warm_steps(procs["full"], warmup)
             rows["ratios"] = {
                 "time": p["step_s"] / f["step_s"],
+                "time_rounds": round_ratios(procs["point-peft"], procs["full"]),
+                "time_interval90": ratio_interval(pp_steps, full_steps, paired=False),
                 "cpu_time": p["cpu_s"] / f["cpu_s"],
                 "memory": p["peak_delta_mib"] / f["peak_delta_mib"],
                 "flops": p["gflop"]["total"] / f["gflop"]["total"]
@@ -286,6 +313,10 @@ def summarise(runs: list[dict[str, Any]], configs: list[str], methods: list[str]
 
 def _fmt(v: Any, digits: int = 2) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
+
+
+def _interval(bounds: Any) -> str:
+    return "—" if not bounds else f"{bounds[0]:.3f}-{bounds[1]:.3f}"
 
 
 def _phases(payload: dict[str, Any]) -> str:
@@ -332,17 +363,20 @@ def markdown(payload: dict[str, Any]) -> str:
                 f"| {r['trainable_params']:,} | {gtxt} | {_fmt(r['achieved_gflops'], 1)} "
                 f"| {_fmt(r['pct_of_mm_peak'], 0)} |"
             )
-    lines += ["", "| config | time point-peft/full | CPU time | memory point-peft/full "
+    lines += ["", "| config | time point-peft/full | by round | 90 % interval (pooled steps) "
+              "| CPU time | memory point-peft/full "
               "| FLOPs point-peft/full | speed-up vs original (released / no_grad) "
               "| target time | target memory |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     targets = {"scan": 0.75, "modelnet": 0.80}
     for config, rows in payload["summary"].items():
         if "ratios" not in rows:
             continue
         ra, vo = rows["ratios"], rows["vs_original"]
+        by_round = " / ".join(f"{v:.3f}" for v in ra.get("time_rounds", [])) or "—"
         lines.append(
-            f"| {CONFIGS[config]['label']} | **{ra['time']:.3f}** | {ra['cpu_time']:.3f} "
+            f"| {CONFIGS[config]['label']} | **{ra['time']:.3f}** | {by_round} "
+            f"| {_interval(ra.get('time_interval90'))} | {ra['cpu_time']:.3f} "
             f"| **{ra['memory']:.3f}** "
             f"| {_fmt(ra['flops'], 3)} | {vo['released']:.1f}x / {vo['no_grad']:.1f}x "
             f"| ≤ {targets[config]} | ≤ 0.5 |"
@@ -353,12 +387,12 @@ def markdown(payload: dict[str, Any]) -> str:
             "",
             f"Interleaved timing (one process per config, {payload['interleaved_cycles']} cycles "
             "of one step per method in turn, order flipped every cycle; median step s, and the "
-            "ratio of the two steps of each cycle):",
+            "ratio of the two steps of each cycle, with its 90 % bootstrap interval over cycles):",
             "",
             "| config | "
             + " | ".join(f"{m} s" for m in payload["methods"])
-            + " | **point-peft/full** (min-max) | variants/full |",
-            "|---|" + "---|" * len(payload["methods"]) + "---|---|",
+            + " | **point-peft/full** (min-max) | 90 % interval | variants/full |",
+            "|---|" + "---|" * len(payload["methods"]) + "---|---|---|",
         ]
         for config, res in inter.items():
             med = [_fmt(statistics.median(res["times_s"][m])) for m in payload["methods"]]
@@ -370,8 +404,9 @@ def markdown(payload: dict[str, Any]) -> str:
             )
             others = ", ".join(f"{m} {r['median']:.3f}" for m, r in res["ratios"].items()
                                if m != "point-peft" and r)  # fmt: skip
+            interval = _interval(main.get("interval90")) if main else "—"
             lines.append(f"| {CONFIGS[config]['label']} | " + " | ".join(med)
-                         + f" | {main_txt} | {others or '—'} |")  # fmt: skip
+                         + f" | {main_txt} | {interval} | {others or '—'} |")  # fmt: skip
     variants = [(c, name, ra) for c, rows in payload["summary"].items()
                 for name, ra in rows.get("variant_ratios", {}).items()]  # fmt: skip
     if variants:
@@ -522,7 +557,7 @@ def main() -> None:
         "load_min": min(one_min, default=None),
         "load_max": max(one_min, default=None),
         "anchors_original_s": ANCHORS,
-        "summary": summarise(runs, configs, methods, peak),
+        "summary": summarise(runs, configs, methods, peak, args.warmup),
         "interleaved_cycles": args.interleaved,
         "interleaved": interleaved,
         "runs": runs,
