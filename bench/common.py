@@ -170,11 +170,11 @@ def ratio_interval(
     if not num or not den or (paired and len(num) != len(den)):
         return None
     rng = random.Random(0)
+    ratios = [a / b for a, b in zip(num, den, strict=True)] if paired else []
     stats = []
     for _ in range(reps):
         if paired:
-            picks = [rng.randrange(len(num)) for _ in num]
-            stats.append(statistics.median(num[i] / den[i] for i in picks))
+            stats.append(statistics.median(ratios[rng.randrange(len(ratios))] for _ in ratios))
         else:
             a = statistics.median(rng.choices(num, k=len(num)))
             stats.append(a / statistics.median(rng.choices(den, k=len(den))))

@@ -249,8 +249,8 @@ def paired_ratio(times: dict[str, list[float]], num: str, den: str) -> dict[str,
 
 def round_ratios(mine: list[dict[str, Any]], full: list[dict[str, Any]]) -> list[float]:
     """`step_s` ratios of the two processes of each round (run one after the other)."""
-    by_round = {r["round"]: r["step_s"] for r in full if "round" in r}
-    return [r["step_s"] / by_round[r["round"]] for r in mine if r.get("round") in by_round]
+    by_round = {r["round"]: r["step_s"] for r in full}
+    return [r["step_s"] / by_round[r["round"]] for r in mine if r["round"] in by_round]
 
 
 def warm_steps(runs: list[dict[str, Any]], warmup: int) -> list[float]:
