@@ -92,6 +92,15 @@ def machine_info(threads: int) -> dict[str, Any]:
     }
 
 
+def process_setup(threads: int) -> str:
+    """Threads and malloc as the CLI's training commands set them (`engine.allocator`; the
+    worker's environment may carry `POINTPEFT_MALLOC`); returns the malloc description."""
+    from pointpeft_cli.engine.allocator import configure_allocator
+
+    torch.set_num_threads(threads)
+    return configure_allocator().detail.removeprefix("malloc: ")
+
+
 def matmul_peaks(threads: int, size: int = 2048, repeats: int = 20) -> dict[str, float]:
     """Median GFLOP/s of a float32 `size x size` matmul by PyTorch's `mm` (MKL on CPU) and by the
     backbone's dense-layer backend (`pointpeft_cli.models.linear`, oneDNN on CPU), timed

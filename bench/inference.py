@@ -29,6 +29,7 @@ from common import (
     load_average,
     machine_info,
     peak_rss_mib,
+    process_setup,
     random_clouds,
     reset_peak_rss,
     rss_mib,
@@ -69,7 +70,7 @@ def _timed(fn, inputs: list[torch.Tensor]) -> dict[str, Any]:  # type: ignore[no
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """Measure `args.what` (evaluate, or Point-PEFT's bank build) of one (config, method)."""
-    torch.set_num_threads(args.threads)
+    process_setup(args.threads)
     kernels.warm_up()
     spec = CONFIGS[args.config]
     model = build(args.config, args.method, "cpu").eval()

@@ -22,6 +22,7 @@ from common import (
     CONFIGS,
     machine_info,
     peak_rss_mib,
+    process_setup,
     random_clouds,
     reset_peak_rss,
     rss_mib,
@@ -101,7 +102,7 @@ def main() -> None:
         "with MALLOC_MMAP_THRESHOLD_=131072 so RSS follows live tensors",
     )
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    malloc = process_setup(args.threads)
     spec = CONFIGS[args.config]
     model = build(args.config, args.method, "cpu")
     gen = torch.Generator().manual_seed(123)
@@ -119,7 +120,8 @@ def main() -> None:
         sort_by="self_cpu_time_total", row_limit=args.rows
     )
     lines = [
-        f"# Profile: {spec['label']}, {args.method}, batch {BATCH}, {args.threads} threads",
+        f"# Profile: {spec['label']}, {args.method}, batch {BATCH}, {args.threads} threads, "
+        f"malloc: {malloc}",
         "",
         "| phase | median s |",
         "|---|---|",

@@ -20,10 +20,13 @@ is also shown round by round. On a shared VM these intervals are a few hundredth
 ratio is only "under" a target when its interval is. Variants:
 `point-peft-rc` recomputes the MLP hidden activations (`train.recompute_mlp`, same numbers);
 `point-peft-qc` uses the optional query cache (an approximation), warm: no retrieval pass.
+Workers set up malloc as the CLI's training commands do (`pointpeft_cli.engine.allocator`:
+glibc reuses freed activations instead of page-faulting them in every step); `--malloc default`
+measures glibc's defaults instead.
 
     python bench/train_step.py [--rounds 3] [--steps 6] [--configs scan,modelnet]
         [--methods point-peft,full,linear,point-peft-rc,point-peft-qc] [--threads 2]
-        [--device cpu]
+        [--device cpu] [--malloc tuned|default]
 
 Writes `bench/out/train_step.json` and `bench/out/train_step.md` (stem set by `--out`).
 """
@@ -46,6 +49,7 @@ from common import (
     matmul_peaks,
     median,
     peak_rss_mib,
+    process_setup,
     random_bank,
     random_clouds,
     ratio_interval,
@@ -167,7 +171,7 @@ def random_batch(config: str, gen: torch.Generator, device: str):  # type: ignor
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """Measure one (config, method) in this process."""
-    torch.set_num_threads(args.threads)
+    malloc = process_setup(args.threads)
     device = args.device
     # numba's import and the kernels' loading are start-up costs, like `import torch`: paid
     # before the baseline RSS, as the engine does before its first epoch
@@ -207,6 +211,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "trainable_params": trainable,
         "total_params": total,
         "load_after": load_average(),
+        "malloc": malloc,
     }
     if device == "cuda":
         out["peak_delta_mib"] = (torch.cuda.max_memory_allocated() - base_gpu) / 2**20
@@ -218,7 +223,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 def interleaved_worker(args: argparse.Namespace) -> dict[str, Any]:
     """Time every method in one process, one step each in turn, so that drift in the machine's
     speed (a shared VM's neighbours) hits all methods alike; memory stays per process."""
-    torch.set_num_threads(args.threads)
+    process_setup(args.threads)
     device = args.device
     methods = args.method.split(",")
     keep = args.grads == "kept"
@@ -439,11 +444,18 @@ def parse_args() -> argparse.Namespace:
         "before every backward (the engine before kept buffers; same numbers)",
     )
     parser.add_argument(
+        "--malloc",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="workers' malloc: tuned as the CLI's training commands set it (the default), or "
+        "glibc's defaults (POINTPEFT_MALLOC)",
+    )
+    parser.add_argument(
         "--mmap-threshold",
         type=int,
         default=0,
         help="bytes: fix glibc's mmap threshold in the workers (MALLOC_MMAP_THRESHOLD_) so freed "
-        "tensors go back to the OS and RSS tracks live memory; 0 = the default allocator",
+        "tensors go back to the OS and RSS tracks live memory (overrides --malloc); 0 = unset",
     )
     parser.add_argument(
         "--interleaved",
@@ -494,7 +506,9 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
     configs, methods = selected(args.configs, args.methods, CONFIGS, STEP_METHODS)
-    env = {"MALLOC_MMAP_THRESHOLD_": str(args.mmap_threshold)} if args.mmap_threshold else {}
+    env = {"POINTPEFT_MALLOC": args.malloc}
+    if args.mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     peaks = {"start": matmul_peaks(args.threads)}
     peak = max(peaks["start"].values())
     loads, runs = [load_average()], []
@@ -550,7 +564,7 @@ def main() -> None:
         "methods": methods,
         "matmul_peak_gflops": peak,
         "matmul_gflops_start_end": peaks,
-        "malloc": f"MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}" if env else "glibc default",
+        "malloc": runs[0]["malloc"] if runs else args.malloc,
         "grads": args.grads,
         "adapter_kernels": adapter_kernels(args.device),
         "dense_layers": dense_layers(args.device),

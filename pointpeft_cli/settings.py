@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pointpeft_cli.errors import UsageError
+
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -46,3 +48,18 @@ def compiled_kernels() -> bool:
 def onednn_linear() -> bool:
     """False when ``POINTPEFT_LINEAR=torch`` asks for PyTorch's own CPU linear layers."""
     return not _torch_forced("POINTPEFT_LINEAR")
+
+
+#: Values of ``POINTPEFT_MALLOC``.
+MALLOC_MODES = ("tuned", "default")
+
+
+def malloc_mode() -> str:
+    """``POINTPEFT_MALLOC``: "tuned" (default; glibc settings for training) or "default"."""
+    value = os.environ.get("POINTPEFT_MALLOC", "").strip().lower() or "tuned"
+    if value not in MALLOC_MODES:
+        raise UsageError(
+            f"POINTPEFT_MALLOC={value!r} is not a malloc mode",
+            hint="use POINTPEFT_MALLOC=tuned or POINTPEFT_MALLOC=default",
+        )
+    return value

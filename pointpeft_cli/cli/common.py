@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from pointpeft_cli.cli.output import Output
+
+log = logging.getLogger(__name__)
+
+
+def tune_allocator() -> None:
+    """The training allocator settings (`engine.allocator`), for commands that run models."""
+    from pointpeft_cli.engine.allocator import configure_allocator
+
+    log.debug(configure_allocator().detail)
 
 
 def run_config(

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pointpeft_cli.cli.common import progress_bridge
+from pointpeft_cli.cli.common import progress_bridge, tune_allocator
 from pointpeft_cli.cli.options import CacheDirOpt, DataDirOpt, JsonOpt, PointsOpt, TaskOpt
 from pointpeft_cli.cli.output import Output
 
@@ -40,6 +40,7 @@ def evaluate(
 ) -> None:
     """Evaluate a run or an exported adapter on its task's test split."""
     out_ = Output("evaluate", json_out)
+    tune_allocator()
     from pointpeft_cli import settings
     from pointpeft_cli.engine import inference
     from pointpeft_cli.engine.rundir import latest_run

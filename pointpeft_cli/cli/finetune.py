@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pointpeft_cli.cli.common import progress_bridge, run_config
+from pointpeft_cli.cli.common import progress_bridge, run_config, tune_allocator
 from pointpeft_cli.cli.options import (
     BackboneOpt,
     BatchSizeOpt,
@@ -75,6 +75,7 @@ def finetune(
 ) -> None:
     """Fine-tune a pre-trained backbone with Point-PEFT (or `full` / `linear` to compare)."""
     out_ = Output("finetune", json_out)
+    tune_allocator()
     from pointpeft_cli import settings
     from pointpeft_cli.engine.adapter import read_run_config
     from pointpeft_cli.engine.folds import finetune_folds, parse_folds

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pointpeft_cli.cli.common import progress_bridge, run_config
+from pointpeft_cli.cli.common import progress_bridge, run_config, tune_allocator
 from pointpeft_cli.cli.options import (
     BackboneOpt,
     CacheDirOpt,
@@ -51,6 +51,7 @@ def build_memory_bank(
 ) -> None:
     """Build (or reuse) the Point-prior memory bank of a backbone on a task's training split."""
     out_ = Output("build-memory-bank", json_out)
+    tune_allocator()
     import shutil
 
     from pointpeft_cli import settings

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from pointpeft_cli.cli.common import tune_allocator
 from pointpeft_cli.cli.options import CacheDirOpt, JsonOpt
 from pointpeft_cli.cli.output import Output
 
@@ -30,6 +31,7 @@ def predict(
 ) -> None:
     """Classify point clouds with an adapter (top-5 classes and scores per file)."""
     out_ = Output("predict", json_out)
+    tune_allocator()
     from pointpeft_cli import settings
     from pointpeft_cli.engine import inference
 

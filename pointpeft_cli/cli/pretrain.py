@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pointpeft_cli.cli.common import progress_bridge
+from pointpeft_cli.cli.common import progress_bridge, tune_allocator
 from pointpeft_cli.cli.options import (
     BackboneOpt,
     BatchSizeOpt,
@@ -71,6 +71,7 @@ def pretrain(
     `finetune --set model.checkpoint=`), pretrain.safetensors and encoder-fp16.safetensors.
     """
     out_ = Output("pretrain", json_out)
+    tune_allocator()
     from pointpeft_cli import settings
     from pointpeft_cli.engine.pretrain import load_saved_config
     from pointpeft_cli.engine.pretrain import pretrain as run_pretrain
