@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pointpeft_cli.settings import malloc_mode
@@ -55,7 +56,7 @@ class AllocatorState:
 _applied: AllocatorState | None = None
 
 
-def _user_choice(env: dict[str, str]) -> str | None:
+def _user_choice(env: Mapping[str, str]) -> str | None:
     """Why the user's own allocator settings stand, or None when they made none."""
     for name in _USER_MALLOC_ENV:
         if name in env:
@@ -82,6 +83,22 @@ def _glibc() -> tuple[ctypes.CDLL, str] | None:
     return libc, version().decode()
 
 
+def _tune(libc: ctypes.CDLL, version: str) -> AllocatorState:
+    """Both `mallopt` calls, stopping at the first one glibc refuses."""
+    calls = (
+        (
+            M_MMAP_THRESHOLD,
+            MMAP_THRESHOLD_BYTES,
+            f"mmap threshold {MMAP_THRESHOLD_BYTES >> 30} GiB",
+        ),
+        (M_TRIM_THRESHOLD, TRIM_THRESHOLD, "no trimming"),
+    )
+    for param, value, what in calls:
+        if libc.mallopt(param, value) != 1:
+            return AllocatorState(False, f"malloc: glibc {version} refused {what}")
+    return AllocatorState(True, f"malloc: glibc {version}, " + ", ".join(w for *_, w in calls))
+
+
 def configure_allocator(mode: str | None = None) -> AllocatorState:
     """Apply the training allocator settings once per process (later calls return the first
     result). `mode`: "tuned" or "default"; None reads `POINTPEFT_MALLOC` (default "tuned")."""
@@ -91,18 +108,11 @@ def configure_allocator(mode: str | None = None) -> AllocatorState:
     mode = malloc_mode() if mode is None else mode
     if mode == "default":
         state = AllocatorState(False, "malloc: system default (POINTPEFT_MALLOC=default)")
-    elif (reason := _user_choice(dict(os.environ))) is not None:
+    elif (reason := _user_choice(os.environ)) is not None:
         state = AllocatorState(False, f"malloc: left as configured ({reason})")
     elif (found := _glibc()) is None:
         state = AllocatorState(False, "malloc: system default (not glibc)")
     else:
-        libc, version = found
-        ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
-        ok = ok and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-        state = (
-            AllocatorState(True, f"malloc: glibc {version}, mmap threshold 1 GiB, no trimming")
-            if ok
-            else AllocatorState(False, f"malloc: glibc {version} refused mallopt, defaults kept")
-        )
+        state = _tune(*found)
     _applied = state
     return state
